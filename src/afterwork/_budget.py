@@ -1,0 +1,187 @@
+"""The thread budget (G1): at most ``max_threads`` threads run dispatcher work at any moment.
+
+anyio's asyncio backend hands a ``CapacityLimiter`` token back as soon as an
+``abandon_on_cancel=True`` caller is cancelled, while the thread runs on. A caller that times
+out or is cancelled would then let a new thread start beside the old one, and the budget would
+leak. So the caller never owns the token: a *runner* task in the budget's own task group does.
+The runner takes a token, starts the thread, waits for it to return and only then releases the
+token. The caller just waits for the runner's result, and can walk away (timeout, cancellation)
+without touching the token.
+
+The runner hands the thread to ``anyio.to_thread.run_sync`` with an unbounded limiter of its
+own, so the call never draws on anyio's default 40-token limiter as well.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from types import TracebackType
+from typing import Generic, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._exceptions import DispatcherClosed, JobTimeout, UnknownLane
+
+T = TypeVar("T")
+
+
+class _ThreadCall(Generic[T]):
+    """One blocking call: the runner fills it in, the caller reads it."""
+
+    __slots__ = (
+        "abandoned",
+        "args",
+        "deadline_passed",
+        "error",
+        "finished",
+        "fn",
+        "started",
+        "thread_running",
+        "value",
+    )
+
+    def __init__(self, fn: Callable[..., T], args: tuple[object, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self.started = anyio.Event()
+        self.finished = anyio.Event()
+        self.abandoned = False
+        self.deadline_passed = False
+        # Written by the worker thread, read by stats(): a plain bool is atomic enough.
+        self.thread_running = False
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+    def invoke(self) -> T:
+        self.thread_running = True
+        try:
+            return self.fn(*self.args)
+        finally:
+            self.thread_running = False
+
+
+class ThreadBudget:
+    """Runs blocking calls in worker threads, never more than ``max_threads`` at once."""
+
+    def __init__(self, max_threads: int) -> None:
+        self.max_threads = max_threads
+        self.peak = 0
+        self._tokens = anyio.CapacityLimiter(max_threads)
+        # Tokens are rationed above; this limiter only keeps anyio off its default one.
+        self._unbounded = anyio.CapacityLimiter(math.inf)
+        self._runners: TaskGroup | None = None
+        self._overdue: set[_ThreadCall[object]] = set()
+
+    @property
+    def busy(self) -> int:
+        """Tokens held now, each by a thread that has not returned yet."""
+        return int(self._tokens.borrowed_tokens)
+
+    @property
+    def stuck(self) -> int:
+        """Threads still running after their caller's deadline passed."""
+        self._overdue = {call for call in self._overdue if call.thread_running}
+        return len(self._overdue)
+
+    async def __aenter__(self) -> ThreadBudget:
+        self._runners = anyio.create_task_group()
+        await self._runners.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._runners is not None
+        return await self._runners.__aexit__(exc_type, exc, tb)
+
+    def abandon_all(self) -> None:
+        """Stop waiting for every running thread (at the end of a drain): they run on alone."""
+        assert self._runners is not None
+        self._runners.cancel_scope.cancel()
+
+    async def run_sync(
+        self, fn: Callable[..., T], *args: object, timeout: float | None = None
+    ) -> T:
+        """Run ``fn(*args)`` in a worker thread under the budget and return its result.
+
+        ``timeout`` starts when the thread starts: waiting for a token does not count. Past it
+        the caller gets ``JobTimeout`` and the thread runs on, still holding its token.
+        """
+        assert self._runners is not None, "the budget is used only inside the dispatcher"
+        call: _ThreadCall[T] = _ThreadCall(fn, args)
+        self._runners.start_soon(self._run, call)
+        try:
+            await call.started.wait()
+            with anyio.move_on_after(math.inf if timeout is None else timeout):
+                await call.finished.wait()
+        except BaseException:
+            call.abandoned = True
+            raise
+        if not call.finished.is_set():
+            call.abandoned = call.deadline_passed = True
+            self._overdue.add(call)  # type: ignore[arg-type]
+            raise JobTimeout(f"{_name_of(fn)} ran past its timeout of {timeout} s")
+        if call.error is not None:
+            error, call.error = call.error, None
+            raise error
+        return call.value  # type: ignore[return-value]
+
+    async def _run(self, call: _ThreadCall[T]) -> None:
+        await self._tokens.acquire()
+        try:
+            if call.abandoned:
+                # The caller left while this call waited for a token: never start it.
+                return
+            self.peak = max(self.peak, self.busy)
+            call.started.set()
+            try:
+                call.value = await anyio.to_thread.run_sync(
+                    call.invoke, limiter=self._unbounded, abandon_on_cancel=True
+                )
+            except anyio.get_cancelled_exc_class():
+                call.error = DispatcherClosed(
+                    f"the dispatcher closed while {_name_of(call.fn)} was still running; "
+                    "its thread runs on unattended"
+                )
+                raise
+            except BaseException as error:
+                if call.abandoned and not isinstance(error, Exception):
+                    raise  # KeyboardInterrupt or SystemExit with nobody left to receive it
+                call.error = error
+        finally:
+            self._tokens.release()
+            call.finished.set()
+
+
+def _name_of(fn: Callable[..., object]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+class Lanes:
+    """Named sub-limits (bulkheads) on concurrently running jobs, inside the thread budget."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self._limiters = {name: anyio.CapacityLimiter(size) for name, size in sizes.items()}
+
+    def get(self, lane: str) -> anyio.CapacityLimiter:
+        try:
+            return self._limiters[lane]
+        except KeyError:
+            raise UnknownLane(self.unknown_message(lane)) from None
+
+    def check(self, lanes: set[str]) -> None:
+        """Raise ``UnknownLane`` for the first lane in ``lanes`` this dispatcher lacks."""
+        for lane in sorted(lanes - self._limiters.keys()):
+            raise UnknownLane(self.unknown_message(lane))
+
+    def unknown_message(self, lane: str) -> str:
+        known = ", ".join(sorted(self._limiters)) or "none"
+        return (
+            f"lane {lane!r} is not configured on this dispatcher (its lanes: {known}); "
+            f"pass lanes={{{lane!r}: N}} to Dispatcher(...)"
+        )

@@ -1,0 +1,351 @@
+"""The Dispatcher: admission, the life of completions, stats, and the drain."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from ._budget import Lanes, ThreadBudget
+from ._completion import Completion, Counters, NullRecorder, Recorder, Runtime
+from ._exceptions import DispatcherClosed, DispatcherNotOpen, Overloaded
+from ._models import DispatcherState, Report, Stats
+from ._pipeline import Pipeline
+
+T = TypeVar("T")
+
+logger = structlog.get_logger("afterwork")
+
+
+def _check_count(setting: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"{setting} must be an int >= {minimum}, got {value!r}; "
+            f"pass e.g. {setting}={max(minimum, 32)}"
+        )
+    return value
+
+
+def _check_seconds(setting: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (value >= 0 and math.isfinite(value))
+    ):
+        raise ValueError(f"{setting} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+class Handle:
+    """An admitted completion. ``await handle.wait()`` returns its Report."""
+
+    __slots__ = ("_completion",)
+
+    def __init__(self, completion: Completion) -> None:
+        self._completion = completion
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "running"
+        return f"<Handle {self.pipeline}:{self.key} {state}>"
+
+    @property
+    def pipeline(self) -> str:
+        return self._completion.pipeline.name
+
+    @property
+    def key(self) -> str:
+        return self._completion.key
+
+    def done(self) -> bool:
+        """True once every job of the completion has an outcome."""
+        return self._completion.report is not None
+
+    async def wait(self) -> Report:
+        """Wait for the completion to finish and return its report. Never raises job errors."""
+        await self._completion.done.wait()
+        assert self._completion.report is not None
+        return self._completion.report
+
+
+class Dispatcher:
+    """Runs pipelines' jobs in the background of an async service, within a thread budget.
+
+    Use it as ``async with Dispatcher(...) as dispatcher:``. Leaving the block drains it
+    (see ``aclose``).
+
+    - ``max_threads``: at most this many threads run blocking work at any moment (G1).
+    - ``max_pending``: at most this many completions are admitted and unfinished (G4).
+    - ``drain_timeout``: how long ``aclose`` lets admitted work finish before cancelling it.
+    - ``lanes``: named caps on concurrently running jobs, e.g. ``{"llm": 6}``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_threads: int = 32,
+        max_pending: int = 1000,
+        drain_timeout: float = 30.0,
+        lanes: Mapping[str, int] | None = None,
+    ) -> None:
+        self.max_threads = _check_count("max_threads", max_threads, 1)
+        self.max_pending = _check_count("max_pending", max_pending, 1)
+        self.drain_timeout = _check_seconds("drain_timeout", drain_timeout)
+        self._lane_sizes = {
+            name: _check_count(f"lanes[{name!r}]", size, 1) for name, size in (lanes or {}).items()
+        }
+        self._state = DispatcherState.NEW
+        self._counters = Counters()
+        self._recorder: Recorder = NullRecorder()
+        self._completions: set[Completion] = set()
+        self._admission_waiters: set[anyio.CancelScope] = set()
+        self._budget: ThreadBudget | None = None
+        self._group: TaskGroup | None = None
+        self._runtime: Runtime | None = None
+        self._stack = AsyncExitStack()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Dispatcher {self._state.value} max_threads={self.max_threads} "
+            f"pending={len(self._completions)}/{self.max_pending}>"
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Dispatcher:
+        if self._state is not DispatcherState.NEW:
+            raise RuntimeError(
+                f"this Dispatcher is {self._state.value} and cannot be entered again; "
+                "create a new Dispatcher"
+            )
+        # Loop-bound state is made here, on entry, never at construction.
+        self._budget = await self._stack.enter_async_context(ThreadBudget(self.max_threads))
+        self._group = await self._stack.enter_async_context(anyio.create_task_group())
+        self._admission = anyio.Semaphore(self.max_pending)
+        self._drained = anyio.Event()
+        self._closed = anyio.Event()
+        self._runtime = Runtime(
+            budget=self._budget,
+            lanes=Lanes(self._lane_sizes),
+            counters=self._counters,
+            log=logger,
+            recorder=self._recorder,
+        )
+        self._state = DispatcherState.OPEN
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        # Drain even when the block was cancelled: the drain is bounded by drain_timeout.
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
+        return await self._stack.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Drain and close. Idempotent, and safe to call from any task.
+
+        1. New work is refused at once with ``DispatcherClosed``.
+        2. Admitted work gets up to ``drain_timeout`` seconds to finish.
+        3. What is left is cancelled, and each unfinished job is named in one
+           ``dispatcher.unfinished`` event.
+        """
+        if self._state is DispatcherState.NEW:
+            self._state = DispatcherState.CLOSED
+            return
+        if self._state is not DispatcherState.OPEN:
+            await self._closed.wait()
+            return
+        self._state = DispatcherState.DRAINING
+        logger.info(
+            "dispatcher.draining",
+            pending=len(self._completions),
+            drain_timeout_s=self.drain_timeout,
+        )
+        for scope in self._admission_waiters:
+            scope.cancel()
+        if self._completions:
+            with anyio.move_on_after(self.drain_timeout):
+                await self._drained.wait()
+        if self._completions:
+            self._cancel_unfinished()
+            await self._drained.wait()
+        assert self._budget is not None
+        self._budget.abandon_all()
+        self._state = DispatcherState.CLOSED
+        logger.info("dispatcher.closed", **self._summary())
+        self._closed.set()
+
+    def _cancel_unfinished(self) -> None:
+        jobs = sorted(
+            f"{c.pipeline.name}:{c.key}:{job}" for c in self._completions for job in c.unfinished
+        )
+        logger.warning(
+            "dispatcher.unfinished",
+            completions=len(self._completions),
+            jobs=jobs,
+            drain_timeout_s=self.drain_timeout,
+        )
+        for completion in self._completions:
+            completion.scope.cancel()
+
+    # -- admission --------------------------------------------------------------------------
+
+    def submit_nowait(self, pipeline: Pipeline[Any], event: object) -> Handle:
+        """Admit ``event`` without waiting, or raise ``Overloaded`` when there is no room."""
+        completion = self._prepare(pipeline, event)
+        try:
+            self._admission.acquire_nowait()
+        except anyio.WouldBlock:
+            raise Overloaded(
+                f"cannot admit {pipeline.name}:{completion.key}: {len(self._completions)} "
+                f"completions are pending, max_pending={self.max_pending}; retry later, or "
+                "use 'await dispatcher.submit(...)' to wait for room",
+                pending=len(self._completions),
+                max_pending=self.max_pending,
+            ) from None
+        return self._admit(completion)
+
+    async def submit(
+        self, pipeline: Pipeline[Any], event: object, *, timeout: float | None = None
+    ) -> Handle:
+        """Admit ``event``, waiting for room if ``max_pending`` completions are unfinished.
+
+        Raises ``Overloaded`` if no room comes within ``timeout`` seconds, and
+        ``DispatcherClosed`` if the dispatcher starts draining meanwhile.
+        """
+        completion = self._prepare(pipeline, event)
+        acquired = False
+        with anyio.CancelScope() as scope:
+            self._admission_waiters.add(scope)
+            try:
+                with anyio.move_on_after(math.inf if timeout is None else timeout):
+                    await self._admission.acquire()
+                    acquired = True
+            finally:
+                self._admission_waiters.discard(scope)
+        if self._state is not DispatcherState.OPEN:
+            if acquired:
+                self._admission.release()
+            raise DispatcherClosed(self._closed_message(pipeline))
+        if not acquired:
+            raise Overloaded(
+                f"cannot admit {pipeline.name}:{completion.key}: no room within {timeout} s "
+                f"({len(self._completions)} pending, max_pending={self.max_pending})",
+                pending=len(self._completions),
+                max_pending=self.max_pending,
+            )
+        return self._admit(completion)
+
+    async def run(
+        self, pipeline: Pipeline[Any], event: object, *, timeout: float | None = None
+    ) -> Report:
+        """Admit ``event`` (waiting up to ``timeout`` for room) and return its report.
+
+        Job errors are in the report, never raised. Cancelling the caller stops the wait,
+        not the completion: admitted work runs to the end.
+        """
+        handle = await self.submit(pipeline, event, timeout=timeout)
+        return await handle.wait()
+
+    async def run_sync(self, fn: Callable[..., T], *args: object) -> T:
+        """Run the blocking ``fn(*args)`` in a worker thread under the thread budget."""
+        self._check_open(fn)
+        assert self._budget is not None
+        return await self._budget.run_sync(fn, *args)
+
+    def _prepare(self, pipeline: Pipeline[Any], event: object) -> Completion:
+        self._check_open(pipeline)
+        if not isinstance(pipeline, Pipeline):
+            raise TypeError(f"expected a Pipeline, got {pipeline!r}")
+        model = pipeline.coerce(event)
+        key = pipeline.key_of(model)
+        assert self._runtime is not None
+        self._runtime.lanes.check(pipeline.lanes)
+        return Completion(self._runtime, pipeline, model, key)
+
+    def _admit(self, completion: Completion) -> Handle:
+        assert self._group is not None
+        self._completions.add(completion)
+        self._counters.admitted += 1
+        self._group.start_soon(
+            self._drive, completion, name=f"afterwork:{completion.pipeline.name}:{completion.key}"
+        )
+        return Handle(completion)
+
+    async def _drive(self, completion: Completion) -> None:
+        try:
+            report = await completion.run()
+            logger.info(
+                "completion.finished",
+                pipeline=report.pipeline,
+                key=report.key,
+                ok=report.ok,
+                jobs=len(report.outcomes),
+            )
+        finally:
+            self._completions.discard(completion)
+            self._admission.release()
+            self._counters.completed += 1
+            if not self._completions and self._state is DispatcherState.DRAINING:
+                self._drained.set()
+
+    def _check_open(self, what: object) -> None:
+        if self._state is DispatcherState.OPEN:
+            return
+        if self._state is DispatcherState.NEW:
+            raise DispatcherNotOpen(
+                "this Dispatcher is not open yet; use "
+                "'async with Dispatcher(...) as dispatcher:' before submitting work"
+            )
+        raise DispatcherClosed(self._closed_message(what))
+
+    def _closed_message(self, what: object) -> str:
+        name = what.name if isinstance(what, Pipeline) else getattr(what, "__name__", repr(what))
+        return (
+            f"cannot accept {name}: the dispatcher is {self._state.value} and admits no new "
+            "work; submit before aclose(), or to a new Dispatcher"
+        )
+
+    # -- observability ----------------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        """A frozen snapshot of the dispatcher now."""
+        c = self._counters
+        budget = self._budget
+        return Stats(
+            state=self._state,
+            max_threads=self.max_threads,
+            max_pending=self.max_pending,
+            threads_busy=budget.busy if budget is not None else 0,
+            threads_peak=budget.peak if budget is not None else 0,
+            threads_stuck=budget.stuck if budget is not None else 0,
+            pending=len(self._completions),
+            running=c.running,
+            admitted=c.admitted,
+            completed=c.completed,
+            retried=c.retried,
+            **c.by_status,
+        )
+
+    def _summary(self) -> dict[str, Any]:
+        return self.stats().model_dump(
+            include={
+                "admitted",
+                "completed",
+                "succeeded",
+                "failed",
+                "timed_out",
+                "cancelled",
+                "threads_peak",
+                "threads_stuck",
+            }
+        )

@@ -1,0 +1,34 @@
+"""Settings for applications that embed afterwork, read from ``AFTERWORK_*`` variables.
+
+The library never reads the environment itself: an application (the conversation service,
+the CLI) builds ``Settings()`` and passes ``settings.dispatcher_kwargs()`` to ``Dispatcher``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """The dispatcher's settings. ``AFTERWORK_MAX_THREADS=16`` sets ``max_threads``."""
+
+    model_config = SettingsConfigDict(env_prefix="AFTERWORK_", extra="ignore")
+
+    max_threads: int = Field(32, ge=1, description="Threads that may run blocking work at once.")
+    max_pending: int = Field(1000, ge=1, description="Completions admitted and unfinished.")
+    drain_timeout: float = Field(30.0, ge=0, description="Seconds a drain lets work finish.")
+    lanes: dict[str, int] = Field(
+        default_factory=dict, description='Lane caps as JSON, e.g. {"llm": 6}.'
+    )
+
+    def dispatcher_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for ``Dispatcher(...)``."""
+        return {
+            "max_threads": self.max_threads,
+            "max_pending": self.max_pending,
+            "drain_timeout": self.drain_timeout,
+            "lanes": dict(self.lanes),
+        }
