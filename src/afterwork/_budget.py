@@ -97,12 +97,11 @@ class ThreadBudget:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._runners is not None
-        return await self._runners.__aexit__(exc_type, exc, tb)
-
-    def abandon_all(self) -> None:
-        """Stop waiting for every running thread (at the end of a drain): they run on alone."""
-        assert self._runners is not None
+        # By now the drain is over: stop waiting for threads that still run (a hung job),
+        # and let them finish unattended. Only here may the group's scope be cancelled, since
+        # before exit it also encloses the code inside ``async with Dispatcher()``.
         self._runners.cancel_scope.cancel()
+        return await self._runners.__aexit__(exc_type, exc, tb)
 
     async def run_sync(
         self, fn: Callable[..., T], *args: object, timeout: float | None = None

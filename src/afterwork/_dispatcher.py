@@ -178,8 +178,6 @@ class Dispatcher:
         if self._completions:
             self._cancel_unfinished()
             await self._drained.wait()
-        assert self._budget is not None
-        self._budget.abandon_all()
         self._state = DispatcherState.CLOSED
         logger.info("dispatcher.closed", **self._summary())
         self._closed.set()

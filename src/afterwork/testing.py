@@ -12,10 +12,11 @@ from types import TracebackType
 
 
 class ThreadSampler:
-    """Samples ``threading.active_count()`` every ``interval`` seconds while in use.
+    """Counts live threads every ``interval`` seconds while in use.
 
-    ``peak_above_baseline`` is the most threads seen at once beyond those alive when the
-    sampler started (its own thread excluded)::
+    ``peak_above_baseline`` is the most threads seen alive at once that were not alive when
+    the sampler started (its own thread excluded). Threads are told apart by identity, so a
+    leftover thread from earlier work that exits meanwhile cannot hide a new one::
 
         with ThreadSampler() as sampler:
             ...  # run work
@@ -26,16 +27,18 @@ class ThreadSampler:
         self.interval = interval
         self.baseline = 0
         self.peak = 0
+        self._before: set[threading.Thread] = set()
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="afterwork-sampler", daemon=True)
 
     @property
     def peak_above_baseline(self) -> int:
-        return max(0, self.peak - self.baseline)
+        return self.peak
 
     def __enter__(self) -> ThreadSampler:
-        self.baseline = threading.active_count()
+        self._before = set(threading.enumerate())
+        self.baseline = len(self._before)
         self._t0 = time.perf_counter()
         self._thread.start()
         return self
@@ -50,12 +53,12 @@ class ThreadSampler:
         self._thread.join()
 
     def sample(self) -> int:
-        """Take one sample now and return it (threads above baseline)."""
-        # The sampler's own thread is alive while sampling: do not count it.
-        count = threading.active_count() - (1 if self._thread.is_alive() else 0)
+        """Take one sample now and return the number of threads above the baseline."""
+        new = [t for t in threading.enumerate() if t not in self._before and t is not self._thread]
+        count = len(new)
         self.peak = max(self.peak, count)
-        self.samples.append((time.perf_counter() - self._t0, count - self.baseline))
-        return count - self.baseline
+        self.samples.append((time.perf_counter() - self._t0, count))
+        return count
 
     def _sample(self) -> None:
         while not self._stop.is_set():

@@ -1,0 +1,151 @@
+"""G1: at no moment do more than max_threads threads run dispatcher work."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import anyio
+import pytest
+
+import afterwork as aw
+from afterwork.testing import ThreadSampler
+
+from .helpers import Ev, Gate, make_pipeline, wait_until
+
+
+def seed_pipeline(sleep_range: tuple[float, float]) -> aw.Pipeline[Ev]:
+    """The seed's completion: seven blocking jobs, each sleeping a random while."""
+    pipeline = make_pipeline("seed")
+    rng = random.Random(4827)
+    for i in range(7):
+        delay = rng.uniform(*sleep_range)
+
+        def job(event: Ev, delay: float = delay) -> None:
+            time.sleep(delay)
+
+        pipeline.job(name=f"job{i}")(job)
+    return pipeline
+
+
+async def test_seed_scenario_never_exceeds_the_budget() -> None:
+    """50 completions of 7 blocking jobs never use more than max_threads OS threads."""
+    pipeline = seed_pipeline((0.002, 0.005))
+    with ThreadSampler(interval=0.0005) as sampler:
+        async with aw.Dispatcher(max_threads=32) as dispatcher:
+            handles = []
+            for i in range(50):
+                handles.append(dispatcher.submit_nowait(pipeline, Ev(id=i)))
+            reports = [await h.wait() for h in handles]
+            stats = dispatcher.stats()
+    assert all(r.ok for r in reports)
+    assert sum(len(r.outcomes) for r in reports) == 350
+    assert sampler.peak_above_baseline <= 32
+    assert stats.threads_peak <= 32
+    assert stats.succeeded == 350
+
+
+async def test_the_budget_is_used_to_the_full_and_no_further() -> None:
+    """With 20 blocking jobs and max_threads=4, exactly 4 run at once until released."""
+    gate = Gate()
+    pipeline = make_pipeline()
+    pipeline.job(name="block")(gate.block)
+    with ThreadSampler() as sampler:
+        async with aw.Dispatcher(max_threads=4) as dispatcher:
+            handles = [dispatcher.submit_nowait(pipeline, Ev(id=i)) for i in range(20)]
+            await wait_until(lambda: gate.running == 4, "4 threads running")
+            stats = dispatcher.stats()
+            gate.open()
+            reports = [await h.wait() for h in handles]
+    assert stats.threads_busy == 4
+    assert gate.peak == 4
+    assert sampler.peak_above_baseline <= 4
+    assert all(r.ok for r in reports)
+
+
+async def test_timed_out_threads_keep_their_tokens() -> None:
+    """A sync job past its timeout still holds its token, so no fifth thread starts."""
+    gate = Gate()
+    pipeline = make_pipeline()
+    pipeline.job(name="hang", timeout=0.01)(gate.block)
+    with ThreadSampler() as sampler:
+        async with aw.Dispatcher(max_threads=4) as dispatcher:
+            handles = [dispatcher.submit_nowait(pipeline, Ev(id=i)) for i in range(10)]
+            first = [await h.wait() for h in handles[:4]]
+            stuck = dispatcher.stats()
+            # The other six wait for tokens that the stuck threads still hold.
+            assert not any(h.done() for h in handles[4:])
+            assert gate.entered == 4
+            gate.open()
+            rest = [await h.wait() for h in handles[4:]]
+            await wait_until(lambda: dispatcher.stats().threads_stuck == 0, "stuck threads end")
+    assert [r.outcomes[0].status for r in first] == ["timed_out"] * 4
+    assert stuck.threads_stuck == 4
+    assert stuck.threads_busy == 4
+    assert [r.outcomes[0].status for r in rest] == ["succeeded"] * 6
+    assert sampler.peak_above_baseline <= 4
+
+
+async def test_cancelled_run_sync_callers_keep_the_budget() -> None:
+    """Cancelling run_sync callers neither frees their tokens early nor starts queued calls."""
+    gate = Gate()
+    with ThreadSampler() as sampler:
+        async with aw.Dispatcher(max_threads=4) as dispatcher:
+            async with anyio.create_task_group() as callers:
+                for _ in range(10):
+                    callers.start_soon(dispatcher.run_sync, gate.block)
+                await wait_until(lambda: gate.running == 4, "4 threads running")
+                callers.cancel_scope.cancel()
+            # The 4 threads run on and hold their tokens; the 6 queued calls never start.
+            assert dispatcher.stats().threads_busy == 4
+            async with anyio.create_task_group() as late:
+                for _ in range(4):
+                    late.start_soon(dispatcher.run_sync, gate.block)
+                await wait_until(lambda: dispatcher.stats().threads_busy == 4, "still 4 busy")
+                assert gate.entered == 4
+                gate.open()
+    assert gate.entered == 8
+    assert gate.peak == 4
+    assert sampler.peak_above_baseline <= 4
+
+
+async def test_cancelled_run_callers_do_not_stop_admitted_work() -> None:
+    """Cancelling the caller of run() stops its wait; the completion still finishes."""
+    gate = Gate()
+    pipeline = make_pipeline()
+    pipeline.job(name="block")(gate.block)
+    with ThreadSampler() as sampler:
+        async with aw.Dispatcher(max_threads=2) as dispatcher:
+            with anyio.move_on_after(0.05) as scope:
+                await dispatcher.run(pipeline, Ev(id=1))
+            assert scope.cancelled_caught
+            assert dispatcher.stats().pending == 1
+            gate.open()
+            await wait_until(lambda: dispatcher.stats().completed == 1, "completion finishes")
+    assert dispatcher.stats().succeeded == 1
+    assert sampler.peak_above_baseline <= 2
+
+
+async def test_dispatcher_threads_do_not_draw_on_anyio_default_limiter() -> None:
+    """Busy dispatcher threads borrow no tokens from anyio's default 40-token limiter."""
+    gate = Gate()
+    default = anyio.to_thread.current_default_thread_limiter()
+    async with aw.Dispatcher(max_threads=3) as dispatcher, anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(dispatcher.run_sync, gate.block)
+        await wait_until(lambda: gate.running == 3, "3 threads running")
+        borrowed = default.borrowed_tokens
+        gate.open()
+    assert borrowed == 0
+
+
+async def test_run_sync_returns_values_and_raises_errors() -> None:
+    """run_sync returns the function's value and re-raises its exception to the caller."""
+
+    def fail() -> None:
+        raise ValueError("no good")
+
+    async with aw.Dispatcher(max_threads=1) as dispatcher:
+        assert await dispatcher.run_sync(divmod, 7, 2) == (3, 1)
+        with pytest.raises(ValueError, match=r"^no good$"):
+            await dispatcher.run_sync(fail)

@@ -1,0 +1,83 @@
+"""The core is anyio-native: the same guarantees hold on the trio backend."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+
+import afterwork as aw
+from afterwork.testing import ThreadSampler
+
+from .helpers import Ev, Gate, make_pipeline, wait_until
+from .test_budget import seed_pipeline
+
+
+def test_seed_scenario_holds_the_budget_on_trio() -> None:
+    """50 completions x 7 blocking jobs stay within max_threads threads on trio (G1)."""
+    pipeline = seed_pipeline((0.001, 0.003))
+
+    async def main() -> aw.Stats:
+        async with aw.Dispatcher(max_threads=8) as dispatcher:
+            handles = [dispatcher.submit_nowait(pipeline, Ev(id=i)) for i in range(50)]
+            for h in handles:
+                assert (await h.wait()).ok
+            return dispatcher.stats()
+
+    with ThreadSampler(interval=0.0005) as sampler:
+        stats = anyio.run(main, backend="trio")
+    assert stats.succeeded == 350
+    assert stats.threads_peak == 8
+    assert sampler.peak_above_baseline <= 8
+
+
+def test_timed_out_threads_keep_their_tokens_on_trio() -> None:
+    """On trio too, a timed-out blocking job's thread holds its token until it returns."""
+    gate = Gate()
+    pipeline = make_pipeline()
+    pipeline.job(name="hang", timeout=0.01)(gate.block)
+
+    async def main() -> tuple[list[aw.JobStatus], int, int]:
+        async with aw.Dispatcher(max_threads=2) as dispatcher:
+            handles = [dispatcher.submit_nowait(pipeline, Ev(id=i)) for i in range(4)]
+            # trio starts tasks in random order: whichever two got threads time out first.
+            await wait_until(lambda: sum(h.done() for h in handles) == 2, "two time out")
+            first = [(await h.wait()).outcomes[0].status for h in handles if h.done()]
+            stuck = dispatcher.stats().threads_stuck
+            entered = gate.entered
+            gate.open()
+            for h in handles:
+                await h.wait()
+            return first, stuck, entered
+
+    with ThreadSampler() as sampler:
+        first, stuck, entered = anyio.run(main, backend="trio")
+    assert first == ["timed_out", "timed_out"]
+    assert (stuck, entered) == (2, 2)
+    assert sampler.peak_above_baseline <= 2
+
+
+def test_fan_out_and_isolation_on_trio() -> None:
+    """On trio, children share a one-thread budget and a failure stays in its own outcome."""
+    pipeline = make_pipeline()
+
+    @pipeline.job
+    async def parent(event: Ev, ctx: aw.JobContext) -> None:
+        for n in range(8):
+            ctx.spawn(time.sleep, 0.001, name=f"c{n}")
+
+    @pipeline.job
+    def fails(event: Ev) -> None:
+        raise ValueError("trio failure")
+
+    async def main() -> list[aw.Report]:
+        async with aw.Dispatcher(max_threads=1) as dispatcher:
+            handles = [dispatcher.submit_nowait(pipeline, Ev(id=i)) for i in range(5)]
+            await wait_until(lambda: dispatcher.stats().completed == 5, "all finish")
+            return [await h.wait() for h in handles]
+
+    for report in anyio.run(main, backend="trio"):
+        assert report.outcome("fails").error == "ValueError: trio failure"
+        assert [o.status for o in report.outcomes if o.job.startswith("parent")] == [
+            "succeeded"
+        ] * 9
