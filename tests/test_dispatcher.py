@@ -344,6 +344,7 @@ async def test_stats_are_a_frozen_snapshot_of_every_field() -> None:
         "threads_busy": 3,
         "threads_peak": 3,
         "threads_stuck": 0,
+        "threads_journal": 0,
         "pending": 5,
         "running": 5,
         "admitted": 5,

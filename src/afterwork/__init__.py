@@ -13,8 +13,10 @@ from ._exceptions import DispatcherClosed as DispatcherClosed
 from ._exceptions import DispatcherNotOpen as DispatcherNotOpen
 from ._exceptions import DuplicateJob as DuplicateJob
 from ._exceptions import InvalidJob as InvalidJob
+from ._exceptions import JournalError as JournalError
 from ._exceptions import Overloaded as Overloaded
 from ._exceptions import UnknownLane as UnknownLane
+from ._journal import SqliteJournal as SqliteJournal
 from ._models import DispatcherState as DispatcherState
 from ._models import JobOutcome as JobOutcome
 from ._models import JobStatus as JobStatus
@@ -35,10 +37,12 @@ __all__ = [
     "JobContext",
     "JobOutcome",
     "JobStatus",
+    "JournalError",
     "Overloaded",
     "Pipeline",
     "Report",
     "Settings",
+    "SqliteJournal",
     "Stats",
     "UnknownLane",
 ]

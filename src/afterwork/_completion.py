@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import random
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,10 @@ MAX_BACKOFF_S = 60.0
 class Recorder(Protocol):
     """Where admissions and outcomes go as they happen (the journal's seam)."""
 
+    def admitted(self, completion: Completion) -> anyio.Event | None: ...
+
+    def child_spawned(self, completion: Completion, job: str) -> None: ...
+
     def job_finished(self, completion: Completion, outcome: JobOutcome) -> None: ...
 
     def completion_finished(self, completion: Completion, report: Report) -> None: ...
@@ -37,6 +42,12 @@ class Recorder(Protocol):
 
 class NullRecorder:
     """Records nothing: the dispatcher without a journal."""
+
+    def admitted(self, completion: Completion) -> anyio.Event | None:
+        return None
+
+    def child_spawned(self, completion: Completion, job: str) -> None:
+        pass
 
     def job_finished(self, completion: Completion, outcome: JobOutcome) -> None:
         pass
@@ -85,9 +96,22 @@ class Completion:
     """Runs the jobs of one event concurrently and collects their outcomes into a Report."""
 
     def __init__(
-        self, runtime: Runtime, pipeline: Pipeline[Any], event: BaseModel, key: str
+        self,
+        runtime: Runtime,
+        pipeline: Pipeline[Any],
+        event: BaseModel,
+        key: str,
+        *,
+        cid: str | None = None,
+        only: set[str] | None = None,
+        finished_children: frozenset[str] = frozenset(),
     ) -> None:
         self.runtime = runtime
+        # A replayed completion keeps its journal id, and runs only what had not finished.
+        self.id = cid if cid is not None else uuid.uuid4().hex
+        self.replayed = cid is not None
+        self._only = only
+        self._finished_children = finished_children
         self.pipeline = pipeline
         self.key = key
         self.event: BaseModel | None = event
@@ -95,20 +119,21 @@ class Completion:
         self.unfinished: set[str] = set()
         self.report: Report | None = None
         self.done = anyio.Event()
+        self.durable: anyio.Event | None = None  # set once the journal has the admission
         self._outcomes: list[JobOutcome] = []
         self._group: TaskGroup | None = None
 
     def __repr__(self) -> str:
         return f"<Completion {self.pipeline.name}:{self.key} unfinished={sorted(self.unfinished)}>"
 
-    async def run(self, only: set[str] | None = None) -> Report:
-        """Run every job (or only the named ones) and their children; return the report."""
+    async def run(self) -> Report:
+        """Run every job (on replay: the unfinished ones) and their children."""
         try:
             with self.scope:
                 async with anyio.create_task_group() as group:
                     self._group = group
                     for spec in self.pipeline.jobs.values():
-                        if only is None or spec.name in only:
+                        if self._only is None or spec.name in self._only:
                             self._start(spec, (self.event,))
         finally:
             # Drop the event now: a finished completion must not keep it alive (G4).
@@ -143,6 +168,9 @@ class Completion:
                 f"child {child!r} was already spawned in {self.pipeline.name}:{self.key}; "
                 "give each child its own name with ctx.spawn(fn, *args, name=...)"
             )
+        self.runtime.recorder.child_spawned(self, child)
+        if child in self._finished_children:
+            return  # it finished before a restart: at-least-once, not twice-for-nothing
         # A child inherits its parent's timeout, retries, backoff and lane, but not `when`.
         child_spec = replace(
             spec,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, TypeVar
@@ -15,8 +16,10 @@ from anyio.abc import TaskGroup
 from ._budget import Lanes, ThreadBudget
 from ._completion import Completion, Counters, NullRecorder, Recorder, Runtime
 from ._exceptions import DispatcherClosed, DispatcherNotOpen, Overloaded
+from ._journal import JournalRow, SqliteJournal
 from ._models import DispatcherState, Report, Stats
 from ._pipeline import Pipeline
+from ._replay import JournalRecorder, replay
 
 T = TypeVar("T")
 
@@ -83,6 +86,8 @@ class Dispatcher:
     - ``max_pending``: at most this many completions are admitted and unfinished (G4).
     - ``drain_timeout``: how long ``aclose`` lets admitted work finish before cancelling it.
     - ``lanes``: named caps on concurrently running jobs, e.g. ``{"llm": 6}``.
+    - ``journal``: a path (or a ``SqliteJournal``) to make admitted work durable (G6). On
+      entry, unfinished work of the ``pipelines`` (or those passed to ``register``) runs again.
     """
 
     def __init__(
@@ -92,6 +97,8 @@ class Dispatcher:
         max_pending: int = 1000,
         drain_timeout: float = 30.0,
         lanes: Mapping[str, int] | None = None,
+        journal: str | os.PathLike[str] | SqliteJournal | None = None,
+        pipelines: Iterable[Pipeline[Any]] = (),
     ) -> None:
         self.max_threads = _check_count("max_threads", max_threads, 1)
         self.max_pending = _check_count("max_pending", max_pending, 1)
@@ -99,6 +106,13 @@ class Dispatcher:
         self._lane_sizes = {
             name: _check_count(f"lanes[{name!r}]", size, 1) for name, size in (lanes or {}).items()
         }
+        self._journal = (
+            journal
+            if journal is None or isinstance(journal, SqliteJournal)
+            else SqliteJournal(journal)
+        )
+        self._pipelines: dict[str, Pipeline[Any]] = {}
+        self.register(*pipelines)
         self._state = DispatcherState.NEW
         self._counters = Counters()
         self._recorder: Recorder = NullRecorder()
@@ -117,6 +131,18 @@ class Dispatcher:
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    def register(self, *pipelines: Pipeline[Any]) -> None:
+        """Name the pipelines whose unfinished work the journal may replay on entry."""
+        for pipeline in pipelines:
+            if not isinstance(pipeline, Pipeline):
+                raise TypeError(f"register() takes Pipeline objects, got {pipeline!r}")
+            known = self._pipelines.setdefault(pipeline.name, pipeline)
+            if known is not pipeline:
+                raise ValueError(
+                    f"another pipeline named {pipeline.name!r} is already registered; "
+                    "pipeline names must be unique within a dispatcher"
+                )
+
     async def __aenter__(self) -> Dispatcher:
         if self._state is not DispatcherState.NEW:
             raise RuntimeError(
@@ -127,6 +153,7 @@ class Dispatcher:
         self._budget = await self._stack.enter_async_context(ThreadBudget(self.max_threads))
         self._group = await self._stack.enter_async_context(anyio.create_task_group())
         self._admission = anyio.Semaphore(self.max_pending)
+        self._replay_scope = anyio.CancelScope()
         self._drained = anyio.Event()
         self._closed = anyio.Event()
         self._runtime = Runtime(
@@ -136,8 +163,40 @@ class Dispatcher:
             log=logger,
             recorder=self._recorder,
         )
+        if self._journal is not None:
+            self._journal.open()  # JournalError here, at start, for a bad path or file
+            self._recorder = self._runtime.recorder = JournalRecorder(self._journal)
+            self._group.start_soon(self._replay, name="afterwork:replay")
         self._state = DispatcherState.OPEN
         return self
+
+    async def _replay(self) -> None:
+        assert self._journal is not None
+        with self._replay_scope:
+            await replay(self._journal, self._pipelines, self._readmit, logger)
+
+    async def _readmit(
+        self,
+        pipeline: Pipeline[Any],
+        row: JournalRow,
+        event: Any,
+        rerun: set[str],
+        finished_children: set[str],
+    ) -> None:
+        # Replay honours max_pending like any producer: it waits here, in the background.
+        await self._admission.acquire()
+        assert self._runtime is not None
+        self._admit(
+            Completion(
+                self._runtime,
+                pipeline,
+                event,
+                row.key,
+                cid=row.id,
+                only=rerun,
+                finished_children=frozenset(finished_children),
+            )
+        )
 
     async def __aexit__(
         self,
@@ -170,6 +229,7 @@ class Dispatcher:
             pending=len(self._completions),
             drain_timeout_s=self.drain_timeout,
         )
+        self._replay_scope.cancel()  # what replay has not re-admitted stays in the journal
         for scope in self._admission_waiters:
             scope.cancel()
         if self._completions:
@@ -178,6 +238,8 @@ class Dispatcher:
         if self._completions:
             self._cancel_unfinished()
             await self._drained.wait()
+        if self._journal is not None:
+            await self._journal.close()
         self._state = DispatcherState.CLOSED
         logger.info("dispatcher.closed", **self._summary())
         self._closed.set()
@@ -191,6 +253,7 @@ class Dispatcher:
             completions=len(self._completions),
             jobs=jobs,
             drain_timeout_s=self.drain_timeout,
+            kept_in_journal=self._journal is not None,
         )
         for completion in self._completions:
             completion.scope.cancel()
@@ -241,7 +304,12 @@ class Dispatcher:
                 pending=len(self._completions),
                 max_pending=self.max_pending,
             )
-        return self._admit(completion)
+        handle = self._admit(completion)
+        if completion.durable is not None:
+            # Shielded: once admitted, the caller learns it is on disk or is not told at all.
+            with anyio.CancelScope(shield=True):
+                await completion.durable.wait()
+        return handle
 
     async def run(
         self, pipeline: Pipeline[Any], event: object, *, timeout: float | None = None
@@ -268,12 +336,15 @@ class Dispatcher:
         key = pipeline.key_of(model)
         assert self._runtime is not None
         self._runtime.lanes.check(pipeline.lanes)
+        if self._journal is not None:
+            self.register(pipeline)
         return Completion(self._runtime, pipeline, model, key)
 
     def _admit(self, completion: Completion) -> Handle:
         assert self._group is not None
         self._completions.add(completion)
         self._counters.admitted += 1
+        completion.durable = self._recorder.admitted(completion)
         self._group.start_soon(
             self._drive, completion, name=f"afterwork:{completion.pipeline.name}:{completion.key}"
         )
@@ -326,6 +397,7 @@ class Dispatcher:
             threads_busy=budget.busy if budget is not None else 0,
             threads_peak=budget.peak if budget is not None else 0,
             threads_stuck=budget.stuck if budget is not None else 0,
+            threads_journal=int(self._journal is not None and self._journal.running),
             pending=len(self._completions),
             running=c.running,
             admitted=c.admitted,

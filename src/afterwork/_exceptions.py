@@ -10,6 +10,7 @@ The hierarchy::
           ├── InvalidJob (TypeError)            a job or child that cannot be called as one
           ├── DuplicateJob (ValueError)         a job or child name used twice
           ├── UnknownLane (LookupError)         a job names a lane the dispatcher lacks
+          ├── JournalError                      the journal cannot be opened or written
           └── JobTimeout (TimeoutError)         internal: one attempt ran past its timeout
 
 Invalid events raise pydantic's ``ValidationError`` (or a ``TypeError`` naming the expected
@@ -51,6 +52,10 @@ class DuplicateJob(AfterworkError, ValueError):
 
 class UnknownLane(AfterworkError, LookupError):
     """A job names a lane that the dispatcher was not given."""
+
+
+class JournalError(AfterworkError):
+    """The journal file cannot be opened, is not a journal, or a write to it failed."""
 
 
 class JobTimeout(AfterworkError, TimeoutError):

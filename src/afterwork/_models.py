@@ -63,6 +63,9 @@ class Stats(_Frozen):
     threads_stuck: int = Field(
         description="Threads still running although their job's deadline has passed."
     )
+    threads_journal: int = Field(
+        description="The journal's writer thread: 1 with a journal, else 0 (beyond the budget)."
+    )
     pending: int = Field(description="Completions admitted and not yet finished.")
     running: int = Field(description="Jobs executing now (past their lane and budget waits).")
     admitted: int = Field(description="Completions admitted since the dispatcher opened.")
