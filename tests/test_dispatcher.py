@@ -73,6 +73,19 @@ async def test_submit_waits_for_room_or_times_out() -> None:
     assert dispatcher.stats().admitted == 2
 
 
+async def test_submit_with_timeout_zero_admits_at_once_or_raises() -> None:
+    """submit(timeout=0) admits when there is room and raises Overloaded, unwaiting, when not."""
+    gate = Gate()
+    pipeline = blocking_pipeline(gate)
+    async with aw.Dispatcher(max_threads=1, max_pending=1) as dispatcher:
+        handle = await dispatcher.submit(pipeline, Ev(id=1), timeout=0)
+        with pytest.raises(aw.Overloaded) as info:
+            await dispatcher.submit(pipeline, Ev(id=2), timeout=0)
+        gate.open()
+        assert (await handle.wait()).ok
+    assert str(info.value) == "cannot admit p:2: no room within 0 s (1 pending, max_pending=1)"
+
+
 async def test_all_admitted_work_completes_under_pressure() -> None:
     """Many producers racing for 5 slots: every admitted completion finishes, none is lost."""
     pipeline = make_pipeline()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from ._exceptions import DispatcherClosed, DispatcherNotOpen, Overloaded
 from ._journal import JournalRow, SqliteJournal
 from ._models import DispatcherState, Report, Stats
 from ._pipeline import Pipeline
-from ._replay import JournalRecorder, replay
+from ._replay import JournalRecorder, read_backlog, replay
 
 T = TypeVar("T")
 
@@ -166,14 +166,16 @@ class Dispatcher:
         if self._journal is not None:
             self._journal.open()  # JournalError here, at start, for a bad path or file
             self._recorder = self._runtime.recorder = JournalRecorder(self._journal)
-            self._group.start_soon(self._replay, name="afterwork:replay")
+            self._group.start_soon(
+                self._replay, read_backlog(self._journal), name="afterwork:replay"
+            )
         self._state = DispatcherState.OPEN
         return self
 
-    async def _replay(self) -> None:
+    async def _replay(self, backlog: Callable[[], Awaitable[list[JournalRow]]]) -> None:
         assert self._journal is not None
         with self._replay_scope:
-            await replay(self._journal, self._pipelines, self._readmit, logger)
+            await replay(self._journal, backlog, self._pipelines, self._readmit, logger)
 
     async def _readmit(
         self,
@@ -280,19 +282,17 @@ class Dispatcher:
     ) -> Handle:
         """Admit ``event``, waiting for room if ``max_pending`` completions are unfinished.
 
-        Raises ``Overloaded`` if no room comes within ``timeout`` seconds, and
-        ``DispatcherClosed`` if the dispatcher starts draining meanwhile.
+        Raises ``Overloaded`` if no room comes within ``timeout`` seconds (``timeout=0``: no
+        wait at all), and ``DispatcherClosed`` if the dispatcher starts draining meanwhile.
+        With a journal it returns once the admission is on disk; ``submit_nowait`` cannot
+        wait for the disk, so use ``submit(..., timeout=0)`` when that matters.
         """
         completion = self._prepare(pipeline, event)
-        acquired = False
-        with anyio.CancelScope() as scope:
-            self._admission_waiters.add(scope)
-            try:
-                with anyio.move_on_after(math.inf if timeout is None else timeout):
-                    await self._admission.acquire()
-                    acquired = True
-            finally:
-                self._admission_waiters.discard(scope)
+        try:
+            self._admission.acquire_nowait()
+            acquired = True
+        except anyio.WouldBlock:
+            acquired = await self._wait_for_room(timeout)
         if self._state is not DispatcherState.OPEN:
             if acquired:
                 self._admission.release()
@@ -310,6 +310,17 @@ class Dispatcher:
             with anyio.CancelScope(shield=True):
                 await completion.durable.wait()
         return handle
+
+    async def _wait_for_room(self, timeout: float | None) -> bool:
+        with anyio.CancelScope() as scope:
+            self._admission_waiters.add(scope)  # aclose cancels these: no waiting on a drain
+            try:
+                with anyio.move_on_after(math.inf if timeout is None else timeout):
+                    await self._admission.acquire()
+                    return True
+            finally:
+                self._admission_waiters.discard(scope)
+        return False
 
     async def run(
         self, pipeline: Pipeline[Any], event: object, *, timeout: float | None = None

@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,15 +164,24 @@ class SqliteJournal:
         """Queue a write that nobody waits for (outcomes: order alone matters)."""
         self._queue.put(_Write(apply=apply))
 
-    async def call(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run ``apply`` on the writer thread, in order with the writes, and return its result."""
+    def call_soon(self, apply: Callable[[sqlite3.Connection], Any]) -> Callable[[], Awaitable[Any]]:
+        """Queue ``apply`` to run on the writer thread now, in order with the writes; await
+        the returned function for its result."""
         write = _Write(apply=apply, done=anyio.Event())
         self._queue.put(write)
-        assert write.done is not None
-        await write.done.wait()
-        if write.error is not None:
-            raise JournalError(f"journal {str(self.path)!r}: {write.error}") from write.error
-        return write.result
+
+        async def result() -> Any:
+            assert write.done is not None
+            await write.done.wait()
+            if write.error is not None:
+                raise JournalError(f"journal {str(self.path)!r}: {write.error}") from write.error
+            return write.result
+
+        return result
+
+    async def call(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``apply`` on the writer thread, in order with the writes, and return its result."""
+        return await self.call_soon(apply)()
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         try:

@@ -69,8 +69,15 @@ def plan(pipeline: Pipeline[Any], row: JournalRow) -> tuple[set[str], set[str]]:
     return rerun & set(pipeline.jobs), finished_children
 
 
+def read_backlog(journal: SqliteJournal) -> Callable[[], Awaitable[list[JournalRow]]]:
+    """Queue the read of unfinished work. Call it before admitting anything new: queued
+    first, it sees only what earlier runs left, never this run's own admissions."""
+    return journal.call_soon(lambda conn: _journal.load_unfinished(conn, journal.retention_s))
+
+
 async def replay(
     journal: SqliteJournal,
+    backlog: Callable[[], Awaitable[list[JournalRow]]],
     pipelines: Mapping[str, Pipeline[Any]],
     readmit: Callable[
         [Pipeline[Any], JournalRow, pydantic.BaseModel, set[str], set[str]], Awaitable[None]
@@ -78,9 +85,7 @@ async def replay(
     log: FilteringBoundLogger,
 ) -> None:
     """Re-admit every unfinished completion in the journal, waiting for room as needed."""
-    rows: list[JournalRow] = await journal.call(
-        lambda conn: _journal.load_unfinished(conn, journal.retention_s)
-    )
+    rows = await backlog()
     unknown: Counter[str] = Counter()
     replayed = 0
     for row in rows:
