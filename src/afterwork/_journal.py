@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio.from_thread
+import anyio
+import anyio.lowlevel
 from anyio.lowlevel import EventLoopToken
 
 from ._exceptions import JournalError
@@ -195,11 +196,24 @@ class SqliteJournal:
                 self._commit(conn, batch)
                 waiting = [w for w in batch if w.done is not None]
                 if waiting:
-                    anyio.from_thread.run_sync(_wake, waiting, token=self._token)
+                    self._wake_soon(waiting)
                 if _STOP in batch:
                     return
         finally:
             conn.close()
+
+    def _wake_soon(self, writes: list[_Write]) -> None:
+        # Not anyio.from_thread.run_sync: its round trip would hold the writer (and so the
+        # next batch) until the loop got round to it. Both backends take a callback instead.
+        assert self._token is not None
+        native: Any = self._token.native_token
+        try:
+            if hasattr(native, "call_soon_threadsafe"):  # asyncio: the loop itself
+                native.call_soon_threadsafe(_wake, writes)
+            else:  # trio: a TrioToken
+                native.run_sync_soon(_wake, writes)
+        except RuntimeError:
+            pass  # the loop has closed: nobody is left to wake
 
     @staticmethod
     def _commit(conn: sqlite3.Connection, batch: list[_Write]) -> None:
