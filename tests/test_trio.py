@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import anyio
 
@@ -81,3 +82,30 @@ def test_fan_out_and_isolation_on_trio() -> None:
         assert [o.status for o in report.outcomes if o.job.startswith("parent")] == [
             "succeeded"
         ] * 9
+
+
+def test_the_journal_admits_and_replays_on_trio(tmp_path: Path) -> None:
+    """On trio, submit waits for the journal, and a restart replays what a drain left."""
+    path = tmp_path / "journal.db"
+    runs: list[str] = []
+    pipeline = make_pipeline("tj")
+
+    @pipeline.job
+    async def job(event: Ev, ctx: aw.JobContext) -> None:
+        if not runs:
+            runs.append("first run hangs")
+            await anyio.sleep_forever()
+        runs.append(ctx.idempotency_key)
+
+    async def first() -> None:
+        async with aw.Dispatcher(drain_timeout=0, journal=path) as dispatcher:
+            await dispatcher.submit(pipeline, Ev(id=1))
+
+    async def second() -> int:
+        async with aw.Dispatcher(journal=path, pipelines=[pipeline]) as dispatcher:
+            await wait_until(lambda: dispatcher.stats().completed == 1, "replayed")
+            return dispatcher.stats().succeeded
+
+    anyio.run(first, backend="trio")
+    assert anyio.run(second, backend="trio") == 1
+    assert runs == ["first run hangs", "tj:1:job"]
