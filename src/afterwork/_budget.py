@@ -42,10 +42,11 @@ class _ThreadCall(Generic[T]):
         "value",
     )
 
-    def __init__(self, fn: Callable[..., T], args: tuple[object, ...]) -> None:
+    def __init__(self, fn: Callable[..., T], args: tuple[object, ...], *, timed: bool) -> None:
         self.fn = fn
         self.args = args
-        self.started = anyio.Event()
+        # Only a timed call needs to know when its thread starts: its clock starts there.
+        self.started = anyio.Event() if timed else None
         self.finished = anyio.Event()
         self.abandoned = False
         self.deadline_passed = False
@@ -112,12 +113,15 @@ class ThreadBudget:
         the caller gets ``JobTimeout`` and the thread runs on, still holding its token.
         """
         assert self._runners is not None, "the budget is used only inside the dispatcher"
-        call: _ThreadCall[T] = _ThreadCall(fn, args)
+        call: _ThreadCall[T] = _ThreadCall(fn, args, timed=timeout is not None)
         self._runners.start_soon(self._run, call)
         try:
-            await call.started.wait()
-            with anyio.move_on_after(math.inf if timeout is None else timeout):
+            if call.started is None:
                 await call.finished.wait()
+            else:
+                await call.started.wait()
+                with anyio.move_on_after(timeout):
+                    await call.finished.wait()
         except BaseException:
             call.abandoned = True
             raise
@@ -131,13 +135,18 @@ class ThreadBudget:
         return call.value  # type: ignore[return-value]
 
     async def _run(self, call: _ThreadCall[T]) -> None:
-        await self._tokens.acquire()
+        # A free token is taken without yielding: one loop pass fewer on the common path.
+        try:
+            self._tokens.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._tokens.acquire()
         try:
             if call.abandoned:
                 # The caller left while this call waited for a token: never start it.
                 return
             self.peak = max(self.peak, self.busy)
-            call.started.set()
+            if call.started is not None:
+                call.started.set()
             try:
                 call.value = await anyio.to_thread.run_sync(
                     call.invoke, limiter=self._unbounded, abandon_on_cancel=True
