@@ -334,8 +334,13 @@ class Dispatcher:
         return await handle.wait()
 
     async def run_sync(self, fn: Callable[..., T], *args: object) -> T:
-        """Run the blocking ``fn(*args)`` in a worker thread under the thread budget."""
-        self._check_open(fn)
+        """Run the blocking ``fn(*args)`` in a worker thread under the thread budget.
+
+        Allowed while draining, since work finishing during a drain may need a thread (to
+        save its report, say); refused once the dispatcher is closed.
+        """
+        if self._state is not DispatcherState.DRAINING:
+            self._check_open(fn)
         assert self._budget is not None
         return await self._budget.run_sync(fn, *args)
 
