@@ -1,0 +1,126 @@
+"""The HTTP API of the conversation service.
+
+- ``POST /v1/conversations/completed``: store the conversation and admit it (202), or with
+  ``?wait=true`` process it and answer its report (200). 503 with ``Retry-After`` when the
+  dispatcher is overloaded or draining, 413 when too large, 422 naming the bad fields.
+- ``GET /v1/conversations/{id}/processing``: its jobs' outcomes, as persisted.
+- ``GET /v1/stats``, ``GET /metrics`` (Prometheus), ``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+import afterwork as aw
+from afterwork.asgi import install_handlers
+
+from ._extractor import Extractor
+from ._http import LimitBody, RequestId
+from ._models import TOO_LARGE, ConversationCompleted
+from ._service import Service, run_service
+from ._settings import ServiceSettings
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def _errors(error: RequestValidationError) -> list[dict[str, Any]]:
+    # The input is left out: echoing a megabyte transcript back helps nobody.
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+
+
+async def _invalid(request: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    errors = _errors(error)
+    status = 413 if any(e["type"] == TOO_LARGE for e in errors) else 422
+    return JSONResponse({"detail": errors}, status_code=status)
+
+
+async def completed(request: Request, event: ConversationCompleted, wait: bool = False) -> Response:
+    """Store the conversation and admit it for processing."""
+    service = _service(request)
+    conversation = event.conversation
+    # Stored before admission, so a client that retries after a 503 just stores it again.
+    await service.dispatcher.run_sync(service.store.save_conversation, conversation)
+    # The report is saved in the background even when the caller waits for it, so a client
+    # that hangs up mid-wait leaves nothing unsaved.
+    handle, saved = service.admit(event)
+    status_url = f"/v1/conversations/{conversation.id}/processing"
+    if wait:
+        report = await handle.wait()
+        await saved.wait()
+        return JSONResponse(report.model_dump(mode="json"), status_code=200)
+    return JSONResponse(
+        {"key": handle.key, "status_url": status_url, "reprocess": event.reprocess},
+        status_code=202,
+        headers={"Location": status_url},
+    )
+
+
+async def processing(request: Request, conversation_id: str) -> Response:
+    """The persisted job outcomes of one conversation."""
+    service = _service(request)
+    store = service.store
+    known = await service.dispatcher.run_sync(
+        store.count, "conversations", "id = ?", conversation_id
+    )
+    if not known:
+        return JSONResponse(
+            {"detail": f"no conversation {conversation_id!r}; POST it to "
+             "/v1/conversations/completed first"},
+            status_code=404,
+        )  # fmt: skip
+    outcomes = await service.dispatcher.run_sync(store.outcomes, conversation_id)
+    if conversation_id in service.in_flight:
+        state = "processing"
+    else:
+        state = "finished" if outcomes else "not_processed"
+    ok = bool(outcomes) and all(o["status"] in ("succeeded", "skipped") for o in outcomes)
+    return JSONResponse({"id": conversation_id, "state": state, "ok": ok, "outcomes": outcomes})
+
+
+async def stats(request: Request) -> Response:
+    return JSONResponse(_service(request).dispatcher.stats().model_dump(mode="json"))
+
+
+async def metrics(request: Request) -> Response:
+    body = _service(request).metrics.render()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def healthz(request: Request) -> Response:
+    state = _service(request).dispatcher.stats().state
+    ok = state is aw.DispatcherState.OPEN
+    return JSONResponse({"status": "ok" if ok else state.value}, status_code=200 if ok else 503)
+
+
+def create_app(settings: ServiceSettings, *, extractor: Extractor | None = None) -> FastAPI:
+    """The service as an ASGI app; its lifespan opens the store and the dispatcher.
+
+    ``extractor`` replaces the rule-based stand-in for a language model.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with run_service(app, settings, extractor):
+            yield
+
+    app = FastAPI(title="afterwork conversations", lifespan=lifespan)
+    app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestId)
+    install_handlers(app, retry_after=settings.retry_after_s)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_api_route("/v1/conversations/completed", completed, methods=["POST"])
+    app.add_api_route("/v1/conversations/{conversation_id}/processing", processing)
+    app.add_api_route("/v1/stats", stats)
+    app.add_api_route("/metrics", metrics)
+    app.add_api_route("/healthz", healthz)
+    return app

@@ -1,0 +1,50 @@
+"""Logging for the service and the demo. The library only emits events; this configures them.
+
+JSON lines when the output is not a terminal (for log collectors), a readable console format
+when it is. ``merge_contextvars`` comes first, so what a request binds (its ``request_id``)
+appears in the events of the jobs it started. Standard-library records (uvicorn's) go through
+the same renderer, so one stream holds one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+from structlog.typing import Processor
+
+
+def configure_logging(
+    *, json: bool | None = None, stream: TextIO | None = None, level: int = logging.INFO
+) -> None:
+    """Send structlog events to ``stream`` (stderr), as JSON unless it is a terminal."""
+    out = sys.stderr if stream is None else stream
+    as_json = not out.isatty() if json is None else json
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: list[Processor] = (
+        [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        if as_json
+        else [structlog.dev.ConsoleRenderer()]
+    )
+    structlog.configure(
+        processors=shared + renderer,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
