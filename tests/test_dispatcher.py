@@ -136,6 +136,30 @@ async def test_a_finished_completion_keeps_no_reference_to_its_event() -> None:
     assert len(report.outcomes) == 4
 
 
+async def test_on_report_sees_every_report_and_its_failures_are_contained(
+    events: list[EventDict],
+) -> None:
+    """on_report gets each finished completion's Report; if it raises, that is logged only."""
+    pipeline = make_pipeline()
+    pipeline.job(name="j")(lambda e: None)
+    seen: list[aw.Report] = []
+
+    def on_report(report: aw.Report) -> None:
+        seen.append(report)
+        if report.key == "2":
+            raise RuntimeError("observer broke")
+
+    async with aw.Dispatcher(on_report=on_report) as dispatcher:
+        reports = [await dispatcher.run(pipeline, Ev(id=i)) for i in (1, 2, 3)]
+    assert seen == reports
+    assert [r.replayed for r in seen] == [False] * 3
+    [failure] = named(events, "dispatcher.on_report_failed")
+    assert failure["key"] == "2"
+    with pytest.raises(TypeError) as info:
+        aw.Dispatcher(on_report=42)  # type: ignore[arg-type]
+    assert str(info.value) == "on_report must be a function taking a Report, got 42"
+
+
 # -- G5 drain -------------------------------------------------------------------------------
 
 

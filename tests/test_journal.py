@@ -106,9 +106,15 @@ async def test_replay_runs_only_unfinished_jobs_with_the_same_idempotency_key(
     unfinished = named(events, "dispatcher.unfinished")
     assert unfinished[0]["kept_in_journal"] is True
     ran.append("open")
-    async with aw.Dispatcher(journal=path, pipelines=[pipeline]) as dispatcher:
+    reports: list[aw.Report] = []
+    async with aw.Dispatcher(
+        journal=path, pipelines=[pipeline], on_report=reports.append
+    ) as dispatcher:
         await wait_until(lambda: dispatcher.stats().completed == 3, "replayed work finishes")
     assert sorted(ran[4:]) == ["j:0:hangs", "j:1:hangs", "j:2:hangs"]  # done_first: not rerun
+    assert sorted((r.key, r.replayed, [o.job for o in r.outcomes]) for r in reports) == [
+        (str(i), True, ["hangs"]) for i in range(3)
+    ]
     assert rows(path, "SELECT count(*) FROM completions") == [(0,)]
     first_start, restart = named(events, "journal.replayed")
     assert (first_start["completions"], first_start["rows"]) == (0, 0)

@@ -145,6 +145,7 @@ class Completion:
                 key=self.key,
                 ok=all(o.status in ("succeeded", "skipped") for o in self._outcomes),
                 outcomes=tuple(self._outcomes),
+                replayed=self.replayed,
             )
             self.runtime.recorder.completion_finished(self, self.report)
             self.done.set()

@@ -88,6 +88,9 @@ class Dispatcher:
     - ``lanes``: named caps on concurrently running jobs, e.g. ``{"llm": 6}``.
     - ``journal``: a path (or a ``SqliteJournal``) to make admitted work durable (G6). On
       entry, unfinished work of the ``pipelines`` (or those passed to ``register``) runs again.
+    - ``on_report``: called on the event loop with the Report of every finished completion,
+      replayed ones included (they have no Handle). It must not block: queue or spawn the
+      work. An exception from it is logged as ``dispatcher.on_report_failed``.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class Dispatcher:
         lanes: Mapping[str, int] | None = None,
         journal: str | os.PathLike[str] | SqliteJournal | None = None,
         pipelines: Iterable[Pipeline[Any]] = (),
+        on_report: Callable[[Report], object] = lambda report: None,
     ) -> None:
         self.max_threads = _check_count("max_threads", max_threads, 1)
         self.max_pending = _check_count("max_pending", max_pending, 1)
@@ -111,6 +115,9 @@ class Dispatcher:
             if journal is None or isinstance(journal, SqliteJournal)
             else SqliteJournal(journal)
         )
+        if not callable(on_report):
+            raise TypeError(f"on_report must be a function taking a Report, got {on_report!r}")
+        self._on_report = on_report
         self._pipelines: dict[str, Pipeline[Any]] = {}
         self.register(*pipelines)
         self._state = DispatcherState.NEW
@@ -375,7 +382,14 @@ class Dispatcher:
                 key=report.key,
                 ok=report.ok,
                 jobs=len(report.outcomes),
+                replayed=report.replayed,
             )
+            try:
+                self._on_report(report)
+            except Exception:
+                logger.exception(
+                    "dispatcher.on_report_failed", pipeline=report.pipeline, key=report.key
+                )
         finally:
             self._completions.discard(completion)
             self._admission.release()

@@ -42,6 +42,11 @@ class Report(_Frozen):
     key: str = Field(description="The event's key, as the pipeline's key function gave it.")
     ok: bool = Field(description="True when every outcome is succeeded or skipped.")
     outcomes: tuple[JobOutcome, ...] = Field(description="One per job and child, in finish order.")
+    replayed: bool = Field(
+        default=False,
+        description="True when the journal re-admitted this completion on start: its outcomes "
+        "then cover only the jobs that had not finished before.",
+    )
 
     def outcome(self, job: str) -> JobOutcome:
         """Return the outcome of the job named ``job`` (a child is ``"parent/child"``)."""
