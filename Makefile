@@ -19,11 +19,11 @@ demo: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
 
 typecheck: $(STAMP)
-	$(BIN)/mypy src tests examples
+	$(BIN)/mypy src tests examples benchmarks
 
 pytest: $(STAMP)
 	$(BIN)/pytest

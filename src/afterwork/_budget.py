@@ -8,32 +8,37 @@ The runner takes a token, starts the thread, waits for it to return and only the
 token. The caller just waits for the runner's result, and can walk away (timeout, cancellation)
 without touching the token.
 
-The runner hands the thread to ``anyio.to_thread.run_sync`` with an unbounded limiter of its
-own, so the call never draws on anyio's default 40-token limiter as well.
+The runner passes the budget's own limiter to ``anyio.to_thread.run_sync``, so a call never
+draws on anyio's default 40-token limiter as well. The runner is cancelled only when the
+dispatcher closes, after its drain: the one moment a token may go back before its thread
+returns, when nothing is left to take it.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from ._exceptions import DispatcherClosed, JobTimeout, UnknownLane
+from ._loopcall import call_soon_threadsafe
 
 T = TypeVar("T")
 
 
 class _ThreadCall(Generic[T]):
-    """One blocking call: the runner fills it in, the caller reads it."""
+    """One blocking call: the runner and its thread fill it in, the caller reads it."""
 
     __slots__ = (
         "abandoned",
         "args",
-        "deadline_passed",
+        "budget",
         "error",
         "finished",
         "fn",
@@ -42,21 +47,29 @@ class _ThreadCall(Generic[T]):
         "value",
     )
 
-    def __init__(self, fn: Callable[..., T], args: tuple[object, ...], *, timed: bool) -> None:
+    def __init__(
+        self, budget: ThreadBudget, fn: Callable[..., T], args: tuple[object, ...], timed: bool
+    ) -> None:
+        self.budget = budget
         self.fn = fn
         self.args = args
         # Only a timed call needs to know when its thread starts: its clock starts there.
         self.started = anyio.Event() if timed else None
         self.finished = anyio.Event()
         self.abandoned = False
-        self.deadline_passed = False
         # Written by the worker thread, read by stats(): a plain bool is atomic enough.
         self.thread_running = False
         self.value: T | None = None
         self.error: BaseException | None = None
 
-    def invoke(self) -> T:
+    def invoke(self) -> T | None:
+        """Runs in the worker thread, which holds a budget token until this returns."""
+        if self.abandoned:
+            return None  # the caller left while this call queued for a token: do nothing
         self.thread_running = True
+        self.budget.note_thread_started()
+        if self.started is not None:
+            call_soon_threadsafe(self.budget.token, self.started.set)
         try:
             return self.fn(*self.args)
         finally:
@@ -69,9 +82,8 @@ class ThreadBudget:
     def __init__(self, max_threads: int) -> None:
         self.max_threads = max_threads
         self.peak = 0
+        self._peak_lock = threading.Lock()
         self._tokens = anyio.CapacityLimiter(max_threads)
-        # Tokens are rationed above; this limiter only keeps anyio off its default one.
-        self._unbounded = anyio.CapacityLimiter(math.inf)
         self._runners: TaskGroup | None = None
         self._overdue: set[_ThreadCall[object]] = set()
 
@@ -87,9 +99,15 @@ class ThreadBudget:
         return len(self._overdue)
 
     async def __aenter__(self) -> ThreadBudget:
+        self.token = anyio.lowlevel.current_token()
         self._runners = anyio.create_task_group()
         await self._runners.__aenter__()
         return self
+
+    def note_thread_started(self) -> None:
+        """Called by each worker thread as it starts, while it holds its token."""
+        with self._peak_lock:
+            self.peak = max(self.peak, self.busy)
 
     async def __aexit__(
         self,
@@ -113,20 +131,20 @@ class ThreadBudget:
         the caller gets ``JobTimeout`` and the thread runs on, still holding its token.
         """
         assert self._runners is not None, "the budget is used only inside the dispatcher"
-        call: _ThreadCall[T] = _ThreadCall(fn, args, timed=timeout is not None)
+        call: _ThreadCall[T] = _ThreadCall(self, fn, args, timeout is not None)
         self._runners.start_soon(self._run, call)
         try:
             if call.started is None:
                 await call.finished.wait()
             else:
                 await call.started.wait()
-                with anyio.move_on_after(timeout):
+                with anyio.move_on_after(timeout if timeout is not None else math.inf):
                     await call.finished.wait()
         except BaseException:
             call.abandoned = True
             raise
         if not call.finished.is_set():
-            call.abandoned = call.deadline_passed = True
+            call.abandoned = True
             self._overdue.add(call)  # type: ignore[arg-type]
             raise JobTimeout(f"{_name_of(fn)} ran past its timeout of {timeout} s")
         if call.error is not None:
@@ -135,34 +153,23 @@ class ThreadBudget:
         return call.value  # type: ignore[return-value]
 
     async def _run(self, call: _ThreadCall[T]) -> None:
-        # A free token is taken without yielding: one loop pass fewer on the common path.
+        # The runner, not the caller, owns the token: anyio takes it for this task and gives
+        # it back only when the thread returns, whatever happens to the caller meanwhile.
         try:
-            self._tokens.acquire_nowait()
-        except anyio.WouldBlock:
-            await self._tokens.acquire()
-        try:
-            if call.abandoned:
-                # The caller left while this call waited for a token: never start it.
-                return
-            self.peak = max(self.peak, self.busy)
-            if call.started is not None:
-                call.started.set()
-            try:
-                call.value = await anyio.to_thread.run_sync(
-                    call.invoke, limiter=self._unbounded, abandon_on_cancel=True
-                )
-            except anyio.get_cancelled_exc_class():
-                call.error = DispatcherClosed(
-                    f"the dispatcher closed while {_name_of(call.fn)} was still running; "
-                    "its thread runs on unattended"
-                )
-                raise
-            except BaseException as error:
-                if call.abandoned and not isinstance(error, Exception):
-                    raise  # KeyboardInterrupt or SystemExit with nobody left to receive it
-                call.error = error
+            call.value = await anyio.to_thread.run_sync(
+                call.invoke, limiter=self._tokens, abandon_on_cancel=True
+            )
+        except anyio.get_cancelled_exc_class():
+            call.error = DispatcherClosed(
+                f"the dispatcher closed while {_name_of(call.fn)} was still running; "
+                "its thread runs on unattended"
+            )
+            raise
+        except BaseException as error:
+            if call.abandoned and not isinstance(error, Exception):
+                raise  # KeyboardInterrupt or SystemExit with nobody left to receive it
+            call.error = error
         finally:
-            self._tokens.release()
             call.finished.set()
 
 

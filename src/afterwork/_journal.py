@@ -29,6 +29,7 @@ import anyio.lowlevel
 from anyio.lowlevel import EventLoopToken
 
 from ._exceptions import JournalError
+from ._loopcall import call_soon_threadsafe
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (
@@ -203,17 +204,8 @@ class SqliteJournal:
             conn.close()
 
     def _wake_soon(self, writes: list[_Write]) -> None:
-        # Not anyio.from_thread.run_sync: its round trip would hold the writer (and so the
-        # next batch) until the loop got round to it. Both backends take a callback instead.
         assert self._token is not None
-        native: Any = self._token.native_token
-        try:
-            if hasattr(native, "call_soon_threadsafe"):  # asyncio: the loop itself
-                native.call_soon_threadsafe(_wake, writes)
-            else:  # trio: a TrioToken
-                native.run_sync_soon(_wake, writes)
-        except RuntimeError:
-            pass  # the loop has closed: nobody is left to wake
+        call_soon_threadsafe(self._token, _wake, writes)
 
     @staticmethod
     def _commit(conn: sqlite3.Connection, batch: list[_Write]) -> None:

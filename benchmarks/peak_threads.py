@@ -1,0 +1,305 @@
+"""peak_threads: the seed's chaos scenario, run by every peer.
+
+For each peer: peak OS threads above the baseline (sampled every 2 ms), makespan, slot
+efficiency (useful work divided by 32 slots times the makespan), peak RSS, and how long the
+call that launches one completion takes (p50, p99).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from afterwork.testing import ThreadSampler
+
+from ._chaos import MAX_THREADS, Plan, Scenario, Tracker
+from ._harness import (
+    Config,
+    Result,
+    Section,
+    Target,
+    current_rss_bytes,
+    fmt,
+    med,
+    mib,
+    paired_ratio,
+    peak_rss_bytes,
+    percentile,
+    run_interleaved,
+    table,
+)
+from ._peers import PEERS
+
+SAMPLE_INTERVAL_S = 0.002
+TIMEOUT_PEERS = [name for name, (_, _, _, can) in PEERS.items() if can]
+NO_TIMEOUT_REASONS = {
+    "raw": "a started thread cannot be stopped, and nothing waits on it to time it out",
+    "pool": "`Future.result(timeout=)` only stops the wait; the call keeps its worker",
+    "starlette": "`run_in_threadpool` is not cancellable: a timeout around it fires only "
+    "once the hung call returns",
+}
+
+
+INTRO = """## peak_threads
+
+The seed's chaos scenario: completions launched 5 ms apart, 7 blocking jobs each, every job
+sleeping uniformly 2-5 s times `--scale`, the same durations for every peer. How each peer
+runs it:
+
+- **raw threading.Thread**: one `threading.Thread(...).start()` per job (the seed's "before").
+  With `--personas`, the seventh job starts one thread per persona and joins them.
+- **ThreadPoolExecutor(32)**: one module-level pool, one `submit` per job (the seed's fix).
+  The personas job submits each persona to the same pool.
+- **asyncio.to_thread**: one task per completion gathering `asyncio.to_thread` calls on the
+  default executor, which has `min(32, cores + 4)` workers: 6 on 2 cores.
+- **Starlette BackgroundTasks**: what a FastAPI endpoint does, one `BackgroundTasks` per
+  completion. Its tasks run one after another, each sync one through `run_in_threadpool` on
+  anyio's default 40-token limiter.
+- **aiojobs Scheduler(limit=32)**: one `spawn` per job, each job an `asyncio.to_thread` call.
+  The loop's default executor is given 32 workers, so the scheduler's limit is what binds.
+- **afterwork run / submit**: `Dispatcher(max_threads=32)`; `run` in a task per completion, or
+  `await submit(...)` and a task waiting on the handle. The personas job spawns its children
+  with `ctx.spawn`.
+
+asyncio.to_thread's runs sleep nearly all the time (6 threads, one idle event loop) and take
+several times longer than the others, so they run in a second lane, alongside the other
+peers' runs; every other peer runs alone.
+
+*Launch* is the call a request handler makes before it can respond: starting 7 threads, 7
+`submit`s, `create_task`, building the `BackgroundTasks`, 7 `spawn`s, a task-group
+`start_soon` of `run`, or `await dispatcher.submit`. *Makespan* runs from the first launch to
+the last outcome: the last blocking call returning, for the sync peers that nothing observes,
+or the last completion finishing (or timing out). *Timed out* counts the jobs a peer reported
+as timed out; *ordinary jobs timed out* are the ones that were not hanging, and their work
+does not count as done. `asyncio.run` starts one more thread as it exits, to shut the default
+executor down: that is the 7th thread of asyncio.to_thread (6 workers) and can be the 33rd of
+aiojobs."""
+
+
+def measure(peer: str, params: dict[str, Any]) -> Result:
+    """In a fresh subprocess: run the scenario once as ``peer``."""
+    plan = Plan(Scenario(**params))
+    _, runner, unit, _ = PEERS[peer]
+    scenario = plan.scenario
+    expected = {
+        "leaf": len(plan.leaves),
+        "job": scenario.completions * scenario.jobs,
+        "completion": scenario.completions,
+    }[unit]
+    latencies: list[float] = []
+    rss_start = current_rss_bytes()
+    with ThreadSampler(interval=SAMPLE_INTERVAL_S) as sampler:
+        tracker = Tracker(expected)
+        runner(plan, tracker, latencies)
+    makespan = tracker.makespan_s
+    return {
+        "peak_threads": sampler.peak_above_baseline,
+        "makespan_s": makespan,
+        "efficiency": (plan.useful_work_s - tracker.lost_work_s) / (MAX_THREADS * makespan),
+        "peak_rss": peak_rss_bytes(),
+        "rss_start": rss_start,
+        "launch_p50_us": percentile(latencies, 50) * 1e6,
+        "launch_p99_us": percentile(latencies, 99) * 1e6,
+        "timed_out": tracker.timed_out,
+        "spurious_timeouts": tracker.spurious_timeouts,
+        "hung": plan.hung,
+        "samples": _downsample(sampler.samples),
+    }
+
+
+def _downsample(samples: list[tuple[float, int]], points: int = 1500) -> list[list[float]]:
+    """Keep the peak of each time bin, so a short spike survives in the plot."""
+    if not samples:
+        return []
+    width = max(SAMPLE_INTERVAL_S, samples[-1][0] / points)
+    bins: dict[int, int] = {}
+    for t, n in samples:
+        b = int(t / width)
+        bins[b] = max(bins.get(b, n), n)
+    return [[round(b * width, 4), n] for b, n in sorted(bins.items())]
+
+
+def variants(config: Config) -> list[Scenario]:
+    """The scenarios this invocation runs."""
+    scale = (
+        config.scale if config.scale is not None else config.pick(smoke=0.01, quick=0.1, full=1.0)
+    )
+    completions = 10 if config.smoke else 50
+    if config.variant_chosen:
+        return [Scenario(scale, completions, hang=config.hang, personas=config.personas)]
+    # The variants compare shapes, not speeds: quick mode runs them smaller to fit its
+    # 5-minute budget. --full (or an explicit --scale) runs them at the base scale.
+    same = config.full or config.scale is not None or config.smoke
+    variant_scale = scale if same else scale * 0.3
+    return [
+        Scenario(scale, completions),
+        Scenario(variant_scale, completions, hang=True),
+        Scenario(variant_scale, completions, personas=10),
+    ]
+
+
+def _name(scenario: Scenario) -> str:
+    parts = ["peak_threads"]
+    if scenario.hang:
+        parts.append("hang")
+    if scenario.personas:
+        parts.append("personas")
+    return "_".join(parts)
+
+
+def _title(scenario: Scenario) -> str:
+    extra = []
+    if scenario.hang:
+        extra.append(f"--hang (timeout {fmt(scenario.timeout_s)} s, hang {fmt(scenario.hang_s)} s)")
+    if scenario.personas:
+        extra.append(f"--personas {scenario.personas}")
+    shape = f"{scenario.completions} completions x {scenario.jobs} jobs, --scale {scenario.scale:g}"
+    return f"peak_threads {' '.join(extra)} ({shape})".replace("  ", " ")
+
+
+def run(config: Config) -> Section:
+    parts: list[str] = []
+    targets: list[Target] = []
+    headline = ""
+    afterwork_peaks: list[tuple[str, int, int]] = []
+    for scenario in variants(config):
+        peers = TIMEOUT_PEERS if scenario.hang else list(PEERS)
+        # asyncio.to_thread gets min(32, cores + 4) workers: on a small machine its runs are
+        # long and nearly idle (a few sleeping threads), so they overlap the other peers' runs.
+        background = ("to_thread",)
+        results = run_interleaved(
+            "peak_threads", peers, scenario.params(), config.repeats, background=background
+        )
+        name = _name(scenario)
+        plot = _plot(results, config.out / f"{name}.png", _title(scenario))
+        parts.append(_markdown(scenario, results, plot))
+        afterwork_peaks.append(
+            (
+                name.removeprefix("peak_threads").strip("_") or "base",
+                max(r["peak_threads"] for r in results["afterwork_run"]),
+                max(r["peak_threads"] for r in results["afterwork_submit"]),
+            )
+        )
+        if not scenario.hang and not scenario.personas:
+            headline = _headline(scenario, results, plot)
+            targets += _base_targets(scenario, results)
+    worst = max(max(run, submit) for _, run, submit in afterwork_peaks)
+    targets.insert(
+        0,
+        Target(
+            f"afterwork peak threads above baseline <= {MAX_THREADS} in every variant",
+            "run / submit, the most in any run: "
+            + ", ".join(f"{name} {run} / {submit}" for name, run, submit in afterwork_peaks),
+            worst <= MAX_THREADS,
+        ),
+    )
+    sizes = ", ".join(f"{_title(s).removeprefix('peak_threads ')}" for s in variants(config))
+    return Section("peak_threads", "\n\n".join([INTRO, *parts]), targets, headline, sizes)
+
+
+def _rows(results: dict[str, list[Result]], hang: bool) -> list[list[str]]:
+    rows = []
+    for peer, runs in results.items():
+        row = [
+            PEERS[peer][0],
+            fmt(med(runs, "peak_threads"), 0),
+            fmt(med(runs, "makespan_s")),
+            fmt(med(runs, "efficiency") * 100, 0) + "%",
+            mib(med(runs, "peak_rss")),
+            fmt(med(runs, "launch_p50_us"), 0),
+            fmt(med(runs, "launch_p99_us"), 0),
+        ]
+        if hang:
+            row += [
+                f"{med(runs, 'timed_out'):.0f} / {runs[0]['hung']}",
+                fmt(med(runs, "spurious_timeouts"), 0),
+            ]
+        rows.append(row)
+    return rows
+
+
+def _markdown(scenario: Scenario, results: dict[str, list[Result]], plot: Path) -> str:
+    headers = ["peer", "peak threads", "makespan (s)", "slot efficiency", "peak RSS (MiB)"]
+    headers += ["launch p50 (µs)", "launch p99 (µs)"]
+    if scenario.hang:
+        headers += ["timed out / hung", "ordinary jobs timed out"]
+    text = f"### {_title(scenario)}\n\n{table(headers, _rows(results, scenario.hang))}"
+    if scenario.hang:
+        text += "\n\nPeers that cannot time out a running job sit this variant out:\n\n"
+        text += "\n".join(f"- {PEERS[p][0]}: {why}." for p, why in NO_TIMEOUT_REASONS.items())
+    return text + f"\n\n![thread count over time]({plot.name})"
+
+
+def _headline(scenario: Scenario, results: dict[str, list[Result]], plot: Path) -> str:
+    rows = [
+        [
+            PEERS[peer][0],
+            fmt(med(runs, "peak_threads"), 0),
+            fmt(med(runs, "makespan_s")),
+            fmt(med(runs, "efficiency") * 100, 0) + "%",
+        ]
+        for peer, runs in results.items()
+    ]
+    headers = ["peer", "peak threads above baseline", "makespan (s)", "slot efficiency"]
+    return f"{table(headers, rows)}\n\n![thread count over time]({plot.name})"
+
+
+def _base_targets(scenario: Scenario, results: dict[str, list[Result]]) -> list[Target]:
+    raw = med(results["raw"], "peak_threads")
+    targets = [
+        Target(
+            "raw peer peak threads >= 300 at the default scale",
+            f"{raw:.0f} (median) at --scale {scenario.scale:g}",
+            raw >= 300,
+        )
+    ]
+    for peer in ("afterwork_run", "afterwork_submit"):
+        ratio = paired_ratio(results[peer], results["pool"], "makespan_s")
+        targets.append(
+            Target(
+                f"{PEERS[peer][0]} makespan within 5% of ThreadPoolExecutor(32)",
+                f"{fmt(med(results[peer], 'makespan_s'))} s vs "
+                f"{fmt(med(results['pool'], 'makespan_s'))} s: ratio {ratio:.3f}",
+                ratio <= 1.05,
+            )
+        )
+    return targets
+
+
+def _plot(results: dict[str, list[Result]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
+    styles = ["-", "--", "-.", ":"]
+    for i, (peer, runs) in enumerate(results.items()):
+        # The run with the median makespan stands for the peer.
+        runs_by_makespan = sorted(runs, key=lambda r: r["makespan_s"])
+        samples = runs_by_makespan[len(runs) // 2]["samples"]
+        if samples:
+            xs, ys = zip(*samples, strict=True)
+            label = f"{PEERS[peer][0]} (peak {max(ys)})"
+            ax.step(xs, ys, where="post", label=label, linewidth=1.4, linestyle=styles[i % 4])
+    ax.axhline(MAX_THREADS, color="grey", linestyle="--", linewidth=0.8)
+    ax.annotate(
+        f"{MAX_THREADS}",
+        (1.0, MAX_THREADS),
+        xycoords=("axes fraction", "data"),
+        xytext=(3, -3),
+        textcoords="offset points",
+        color="grey",
+        fontsize=8,
+    )
+    ax.set_xlabel("seconds since the first completion")
+    ax.set_ylabel("OS threads above baseline")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
