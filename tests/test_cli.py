@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from afterwork import cli
+from afterwork.conversations import ServiceSettings
 
 COMMAND = str(Path(sys.executable).parent / "afterwork")
 
@@ -67,6 +68,40 @@ def test_lanes_that_are_not_json_are_explained(
     )
 
 
+def test_a_journal_setting_that_is_not_a_boolean_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """AFTERWORK_JOURNAL=maybe exits 2 at start, naming the variable and the value."""
+    monkeypatch.setenv("AFTERWORK_JOURNAL", "maybe")
+    assert cli.main(["serve"]) == 2
+    assert capsys.readouterr().err == (
+        "afterwork serve: invalid setting AFTERWORK_JOURNAL='maybe': Input should be a valid "
+        "boolean, unable to interpret input\n"
+    )
+
+
+def test_request_threads_must_be_at_least_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """AFTERWORK_REQUEST_THREADS=0 would leave requests no thread: refused at start."""
+    monkeypatch.setenv("AFTERWORK_REQUEST_THREADS", "0")
+    assert cli.main(["serve"]) == 2
+    assert capsys.readouterr().err == (
+        "afterwork serve: invalid setting AFTERWORK_REQUEST_THREADS='0': "
+        "Input should be greater than or equal to 1\n"
+    )
+
+
+def test_no_journal_flag_turns_the_journal_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--no-journal reaches the settings; without it the journal is on, beside the db."""
+    seen: list[ServiceSettings] = []
+    monkeypatch.setattr(cli, "_run_server", lambda settings: seen.append(settings))
+    assert cli.main(["serve", "--no-journal", "--db", "var/s.db"]) == 0
+    assert cli.main(["serve", "--db", "var/s.db"]) == 0
+    assert [s.journal for s in seen] == [False, True]
+    assert seen[1].journal_path == Path("var/s.journal.db")
+
+
 def test_demo_refuses_zero_conversations(capsys: pytest.CaptureFixture[str]) -> None:
     """--conversations 0 is a usage error that names the value."""
     with pytest.raises(SystemExit) as exit_info:
@@ -87,7 +122,7 @@ def test_the_demo_runs_and_checks_itself(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "demo passed: 15 expectations held" in result.stdout
+    assert "demo passed: 16 expectations held" in result.stdout
     assert (tmp_path / "threads.png").stat().st_size > 0
 
 

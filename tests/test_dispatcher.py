@@ -112,6 +112,45 @@ async def test_all_admitted_work_completes_under_pressure() -> None:
     assert dispatcher.stats().completed == 200
 
 
+async def test_beyond_max_active_completions_wait_in_order_without_starting() -> None:
+    """With max_active=2, later completions wait unstarted until a place frees, then all run."""
+    gate = Gate()
+    started: list[int] = []
+    pipeline = make_pipeline()
+
+    @pipeline.job
+    def block(event: Ev) -> None:
+        started.append(event.id)
+        gate.block()
+
+    async with aw.Dispatcher(max_threads=8, max_active=2) as dispatcher:
+        handles = [dispatcher.submit_nowait(pipeline, Ev(id=i)) for i in range(10)]
+        await wait_until(lambda: gate.running == 2, "two completions running")
+        stats = dispatcher.stats()
+        gate.open()
+        reports = [await h.wait() for h in handles]
+    assert (stats.pending, stats.queued, stats.threads_busy) == (10, 8, 2)
+    assert sorted(started[:2]) == [0, 1]  # the first two admitted, none of the queued
+    assert sorted(started) == list(range(10))
+    assert all(r.ok for r in reports)
+
+
+async def test_a_drain_names_and_reports_queued_completions(events: list[EventDict]) -> None:
+    """Completions still queued at the drain deadline are named and reported cancelled."""
+    gate = Gate()
+    pipeline = blocking_pipeline(gate)
+    async with aw.Dispatcher(max_active=1, drain_timeout=0.01) as dispatcher:
+        handles = [dispatcher.submit_nowait(pipeline, Ev(id=i)) for i in range(3)]
+        await wait_until(lambda: gate.running == 1, "one running")
+        await dispatcher.aclose()
+        reports = [await h.wait() for h in handles]
+        gate.open()
+    assert [r.outcomes[0].status for r in reports] == ["cancelled"] * 3
+    [unfinished] = named(events, "dispatcher.unfinished")
+    assert unfinished["jobs"] == ["p:0:block", "p:1:block", "p:2:block"]
+    assert gate.entered == 1
+
+
 async def test_a_finished_completion_keeps_no_reference_to_its_event() -> None:
     """After a completion finishes, its event is freed, failures and children included."""
     pipeline = make_pipeline()
@@ -390,6 +429,7 @@ async def test_stats_are_a_frozen_snapshot_of_every_field() -> None:
         "threads_stuck": 0,
         "threads_journal": 0,
         "pending": 5,
+        "queued": 0,
         "running": 5,
         "admitted": 5,
         "completed": 0,
@@ -477,6 +517,7 @@ async def test_a_key_function_returning_a_non_string_is_refused() -> None:
             {"drain_timeout": -1},
             "drain_timeout must be a finite number of seconds >= 0, got -1",
         ),
+        ({"max_active": 0}, "max_active must be an int >= 1, got 0; pass e.g. max_active=32"),
         (
             {"lanes": {"llm": 0}},
             "lanes['llm'] must be an int >= 1, got 0; pass e.g. lanes['llm']=32",

@@ -218,6 +218,19 @@ async def test_an_unwritable_journal_path_fails_at_start(tmp_path: Path) -> None
     )
 
 
+async def test_a_failed_start_leaves_the_enclosing_task_group_usable(tmp_path: Path) -> None:
+    """A JournalError on entry leaves no half-open scope behind: the caller's group is fine."""
+    path = tmp_path / "missing" / "journal.db"
+    async with anyio.create_task_group() as tg:
+        with pytest.raises(aw.JournalError):
+            async with aw.Dispatcher(journal=path):
+                pass
+        tg.start_soon(anyio.sleep, 0)
+    path.parent.mkdir()
+    async with aw.Dispatcher(journal=path) as dispatcher:
+        assert dispatcher.stats().state == "open"
+
+
 async def test_a_file_that_is_not_a_database_is_refused_and_left_untouched(
     tmp_path: Path,
 ) -> None:

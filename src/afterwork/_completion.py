@@ -116,7 +116,8 @@ class Completion:
         self.key = key
         self.event: BaseModel | None = event
         self.scope = anyio.CancelScope()
-        self.unfinished: set[str] = set()
+        # Known before it starts, so a drain can name the jobs of a completion still queued.
+        self.unfinished: set[str] = {name for name in pipeline.jobs if only is None or name in only}
         self.report: Report | None = None
         self.done = anyio.Event()
         self.durable: anyio.Event | None = None  # set once the journal has the admission

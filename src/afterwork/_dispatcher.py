@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -84,6 +85,10 @@ class Dispatcher:
 
     - ``max_threads``: at most this many threads run blocking work at any moment (G1).
     - ``max_pending``: at most this many completions are admitted and unfinished (G4).
+    - ``max_active``: at most this many admitted completions run their jobs at once; the rest
+      wait in a FIFO queue, holding only their event, so a backlog of thousands costs memory
+      for the events and not for thousands of waiting tasks. Raise it for pipelines whose jobs
+      are mostly async and wait long (webhooks with retries).
     - ``drain_timeout``: how long ``aclose`` lets admitted work finish before cancelling it.
     - ``lanes``: named caps on concurrently running jobs, e.g. ``{"llm": 6}``.
     - ``journal``: a path (or a ``SqliteJournal``) to make admitted work durable (G6). On
@@ -98,6 +103,7 @@ class Dispatcher:
         *,
         max_threads: int = 32,
         max_pending: int = 1000,
+        max_active: int = 256,
         drain_timeout: float = 30.0,
         lanes: Mapping[str, int] | None = None,
         journal: str | os.PathLike[str] | SqliteJournal | None = None,
@@ -106,6 +112,7 @@ class Dispatcher:
     ) -> None:
         self.max_threads = _check_count("max_threads", max_threads, 1)
         self.max_pending = _check_count("max_pending", max_pending, 1)
+        self.max_active = _check_count("max_active", max_active, 1)
         self.drain_timeout = _check_seconds("drain_timeout", drain_timeout)
         self._lane_sizes = {
             name: _check_count(f"lanes[{name!r}]", size, 1) for name, size in (lanes or {}).items()
@@ -123,7 +130,9 @@ class Dispatcher:
         self._state = DispatcherState.NEW
         self._counters = Counters()
         self._recorder: Recorder = NullRecorder()
-        self._completions: set[Completion] = set()
+        self._completions: set[Completion] = set()  # admitted and unfinished, queued or not
+        self._queued: deque[Completion] = deque()
+        self._active = 0
         self._admission_waiters: set[anyio.CancelScope] = set()
         self._budget: ThreadBudget | None = None
         self._group: TaskGroup | None = None
@@ -156,6 +165,21 @@ class Dispatcher:
                 f"this Dispatcher is {self._state.value} and cannot be entered again; "
                 "create a new Dispatcher"
             )
+        if self._journal is not None:
+            # First, so that a bad path or file (JournalError) leaves nothing half-open.
+            self._journal.open()
+        try:
+            await self._open()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._stack.aclose()
+                if self._journal is not None:
+                    await self._journal.close()
+            raise
+        self._state = DispatcherState.OPEN
+        return self
+
+    async def _open(self) -> None:
         # Loop-bound state is made here, on entry, never at construction.
         self._budget = await self._stack.enter_async_context(ThreadBudget(self.max_threads))
         self._group = await self._stack.enter_async_context(anyio.create_task_group())
@@ -171,13 +195,10 @@ class Dispatcher:
             recorder=self._recorder,
         )
         if self._journal is not None:
-            self._journal.open()  # JournalError here, at start, for a bad path or file
             self._recorder = self._runtime.recorder = JournalRecorder(self._journal)
             self._group.start_soon(
                 self._replay, read_backlog(self._journal), name="afterwork:replay"
             )
-        self._state = DispatcherState.OPEN
-        return self
 
     async def _replay(self, backlog: Callable[[], Awaitable[list[JournalRow]]]) -> None:
         assert self._journal is not None
@@ -266,6 +287,8 @@ class Dispatcher:
         )
         for completion in self._completions:
             completion.scope.cancel()
+        # Queued ones start at once in their cancelled scope, only to report "cancelled".
+        self._start_queued(all_of_them=True)
 
     # -- admission --------------------------------------------------------------------------
 
@@ -368,10 +391,20 @@ class Dispatcher:
         self._completions.add(completion)
         self._counters.admitted += 1
         completion.durable = self._recorder.admitted(completion)
-        self._group.start_soon(
-            self._drive, completion, name=f"afterwork:{completion.pipeline.name}:{completion.key}"
-        )
+        self._queued.append(completion)
+        self._start_queued()
         return Handle(completion)
+
+    def _start_queued(self, *, all_of_them: bool = False) -> None:
+        assert self._group is not None
+        while self._queued and (all_of_them or self._active < self.max_active):
+            completion = self._queued.popleft()
+            self._active += 1
+            self._group.start_soon(
+                self._drive,
+                completion,
+                name=f"afterwork:{completion.pipeline.name}:{completion.key}",
+            )
 
     async def _drive(self, completion: Completion) -> None:
         try:
@@ -394,6 +427,8 @@ class Dispatcher:
             self._completions.discard(completion)
             self._admission.release()
             self._counters.completed += 1
+            self._active -= 1
+            self._start_queued()
             if not self._completions and self._state is DispatcherState.DRAINING:
                 self._drained.set()
 
@@ -429,6 +464,7 @@ class Dispatcher:
             threads_stuck=budget.stuck if budget is not None else 0,
             threads_journal=int(self._journal is not None and self._journal.running),
             pending=len(self._completions),
+            queued=len(self._queued),
             running=c.running,
             admitted=c.admitted,
             completed=c.completed,

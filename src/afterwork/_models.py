@@ -72,6 +72,9 @@ class Stats(_Frozen):
         description="The journal's writer thread: 1 with a journal, else 0 (beyond the budget)."
     )
     pending: int = Field(description="Completions admitted and not yet finished.")
+    queued: int = Field(
+        description="Of those, completions waiting for one of the max_active places to start."
+    )
     running: int = Field(description="Jobs executing now (past their lane and budget waits).")
     admitted: int = Field(description="Completions admitted since the dispatcher opened.")
     completed: int = Field(description="Completions finished since the dispatcher opened.")

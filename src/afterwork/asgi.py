@@ -14,6 +14,8 @@
     @app.post("/things", status_code=202)
     async def create(thing: Thing, dispatcher: Dispatcher) -> None:
         dispatcher.submit_nowait(pipeline, thing)   # Overloaded/DispatcherClosed -> 503
+        # With a journal, use 'await dispatcher.submit(pipeline, thing, timeout=0)': it
+        # refuses at once just the same, and returns only once the admission is on disk.
 
 The dispatcher opens with the app and drains when the app shuts down (on SIGTERM under
 uvicorn), within its ``drain_timeout``. Refused work becomes a ``503 Service Unavailable``

@@ -1,7 +1,8 @@
 """The ``afterwork`` command.
 
-- ``afterwork serve [--host H] [--port P] [--db PATH]``: the conversation service. Flags
-  override the ``AFTERWORK_*`` settings; a bad setting stops it at once, naming the variable.
+- ``afterwork serve [--host H] [--port P] [--db PATH] [--no-journal]``: the conversation
+  service. Flags override the ``AFTERWORK_*`` settings; a bad setting stops it at once,
+  naming the variable. Its journal lives beside the database unless ``--no-journal``.
 - ``afterwork demo [--conversations N] [--users N] [--out DIR]``: the service under load,
   checked; exits 1 if anything it expected did not happen.
 - ``afterwork bench [ARGS...]``: the benchmarks, as ``python -m benchmarks ARGS...``.
@@ -14,6 +15,10 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .conversations import ServiceSettings
 
 #: Exit status for bad settings or arguments, as argparse uses.
 USAGE_ERROR = 2
@@ -28,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (AFTERWORK_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (AFTERWORK_PORT)")
     serve.add_argument("--db", type=Path, help="SQLite database file (AFTERWORK_DB)")
+    serve.add_argument(
+        "--no-journal",
+        dest="journal",
+        action="store_const",
+        const=False,
+        help="keep no journal: work in flight at a crash is lost (AFTERWORK_JOURNAL=false)",
+    )
     demo = commands.add_parser("demo", help="run the service under load and check it")
     demo.add_argument(
         "--conversations",
@@ -66,15 +78,22 @@ def bench_command(args: Sequence[str]) -> list[str]:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .conversations import SettingsError, configure_logging, create_app, load_settings
+    from .conversations import SettingsError, load_settings
 
     try:
-        settings = load_settings(host=args.host, port=args.port, db=args.db)
+        settings = load_settings(host=args.host, port=args.port, db=args.db, journal=args.journal)
     except SettingsError as error:
         print(f"afterwork serve: {error}", file=sys.stderr)
         return USAGE_ERROR
+    _run_server(settings)
+    return 0
+
+
+def _run_server(settings: ServiceSettings) -> None:
+    import uvicorn
+
+    from .conversations import configure_logging, create_app
+
     configure_logging()
     config = uvicorn.Config(
         create_app(settings),
@@ -86,7 +105,6 @@ def serve(args: argparse.Namespace) -> int:
         log_config=None,  # uvicorn's records go to the handler configure_logging set up
     )
     uvicorn.Server(config).run()
-    return 0
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import pytest
 
 from afterwork.conversations import JOBS, Store, build_pipeline
 from afterwork.conversations._embedding import from_blob
+from afterwork.conversations._outcomes import outcomes, save_report
 from afterwork.conversations._receiver import Receiver
 from afterwork.conversations._writes import trend_counts
 
@@ -185,5 +186,5 @@ async def test_all_seven_jobs_run_for_one_event(store: Store, run_jobs: Runner) 
     report = await run_jobs(completed(conversation(user=("I love tea.",))))
     assert sorted(o.job for o in report.outcomes) == sorted(JOBS)
     assert report.ok
-    store.save_report(report)
-    assert [row["job"] for row in store.outcomes("c1")] == sorted(JOBS)
+    save_report(store, report)
+    assert [row["job"] for row in outcomes(store, "c1")] == sorted(JOBS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -9,10 +10,21 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 from structlog.typing import EventDict
 
-from afterwork.conversations import JOBS, Extractor, ServiceSettings, Store, create_app
-from afterwork.conversations._service import Service
+import afterwork as aw
+from afterwork.conversations import (
+    JOBS,
+    Conversation,
+    Extractor,
+    RuleExtractor,
+    ServiceSettings,
+    Store,
+    _outcomes,
+    create_app,
+)
+from afterwork.conversations._service import Service, run_service
 from afterwork.conversations._serving import base_url, serving
 from tests.helpers import wait_until
 
@@ -27,9 +39,8 @@ async def service(
     tmp_path: Path, extractor: Extractor | None = None, **options: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
     """The service on a fresh database; a client for it, and its running parts."""
-    settings = ServiceSettings(
-        db=tmp_path / "service.db", port=0, max_threads=4, lanes={"llm": 2}, **options
-    )
+    defaults: dict[str, Any] = {"max_threads": 4, "lanes": {"llm": 2}}
+    settings = ServiceSettings(db=tmp_path / "service.db", port=0, **{**defaults, **options})
     app = create_app(settings, extractor=extractor)
     async with (
         serving(app) as server,
@@ -58,7 +69,7 @@ async def test_a_completion_is_accepted_then_processed(tmp_path: Path) -> None:
             "reprocess": False,
         }
         assert response.headers["Location"] == "/v1/conversations/c1/processing"
-        await wait_until(lambda: not running.in_flight, "the report was saved")
+        await wait_until(lambda: not running.store.count("reports_due"), "the report was saved")
         status = (await client.get("/v1/conversations/c1/processing")).json()
     assert status["state"] == "finished"
     assert status["ok"] is True
@@ -124,12 +135,14 @@ async def test_overload_gets_503_with_retry_after(tmp_path: Path) -> None:
     async with service(tmp_path, gate, max_pending=1, retry_after_s=3) as (client, _):
         first = await client.post(URL, json=body("c1"))
         second = await client.post(URL, json=body("c2"))
+        refused = (await client.get("/v1/conversations/c2/processing")).json()
         gate.gate.set()
     assert first.status_code == 202
+    assert (refused["state"], refused["outcomes"]) == ("not_processed", [])
     assert (second.status_code, second.headers["Retry-After"]) == (503, "3")
     assert second.json() == {
-        "detail": "cannot admit conversation.completed:c2: 1 completions are pending, "
-        "max_pending=1; retry later, or use 'await dispatcher.submit(...)' to wait for room",
+        "detail": "cannot admit conversation.completed:c2: no room within 0 s "
+        "(1 pending, max_pending=1)",
         "reason": "overloaded",
     }
 
@@ -150,7 +163,7 @@ async def test_draining_gets_503_and_finishes_what_was_admitted(tmp_path: Path) 
     assert refused.json()["reason"] == "draining"
     assert (health.status_code, health.json()) == (503, {"status": "draining"})
     # c1 finished during the drain, when the budget was closed: saved at shutdown.
-    outcomes = running.store.outcomes("c1")
+    outcomes = _outcomes.outcomes(running.store, "c1")
     assert sorted(o["job"] for o in outcomes) == sorted(JOBS)
 
 
@@ -189,3 +202,90 @@ async def test_unknown_conversation_is_404(tmp_path: Path) -> None:
     assert response.json() == {
         "detail": "no conversation 'nope'; POST it to /v1/conversations/completed first"
     }
+
+
+class BlockedModel(RuleExtractor):
+    """A model that never answers until the test says so: every call holds its thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.waiting = 0
+
+    def _wait(self) -> None:
+        self.waiting += 1
+        if not self.gate.wait(timeout=20):  # bounded, so a failing test cannot hang
+            raise RuntimeError("the test never opened the gate")
+
+    def memories(self, conversation: Conversation) -> list[str]:
+        self._wait()
+        return super().memories(conversation)
+
+    def topics(self, conversation: Conversation) -> list[str]:
+        self._wait()
+        return super().topics(conversation)
+
+    def tasks(self, conversation: Conversation) -> list[str]:
+        self._wait()
+        return super().tasks(conversation)
+
+
+async def test_requests_answer_while_every_budget_thread_is_blocked(tmp_path: Path) -> None:
+    """With the jobs holding the whole thread budget, a POST and a GET still answer."""
+    model = BlockedModel()
+    async with service(tmp_path, model, max_threads=2, request_threads=1) as (client, running):
+        for cid in ("c1", "c2"):
+            assert (await client.post(URL, json=body(cid))).status_code == 202
+        stats = running.dispatcher.stats
+        await wait_until(lambda: stats().threads_busy == 2 == model.waiting, "budget saturated")
+        posted = await client.post(URL, json=body("c3"))
+        status = await client.get("/v1/conversations/c1/processing")
+        still_blocked = (stats().threads_busy, model.waiting, model.gate.is_set())
+        model.gate.set()
+    assert still_blocked == (2, 2, False)
+    assert posted.status_code == 202
+    assert (status.status_code, status.json()["state"]) == (200, "processing")
+
+
+async def test_the_journal_is_on_by_default_beside_the_database(tmp_path: Path) -> None:
+    """By default admitted work goes to service.journal.db; journal=False keeps no journal."""
+    async with service(tmp_path) as (_, running):
+        on = running.dispatcher.stats().threads_journal
+    off_dir = tmp_path / "off"
+    off_dir.mkdir()
+    async with service(off_dir, journal=False) as (_, running):
+        off = running.dispatcher.stats().threads_journal
+    assert (on, off) == (1, 0)
+    assert (tmp_path / "service.journal.db").is_file()
+    assert sorted(p.name for p in off_dir.iterdir() if "journal" in p.name) == []
+
+
+async def test_a_conversation_due_at_start_but_not_journaled_runs_again(tmp_path: Path) -> None:
+    """A report lost after its jobs ran (killed between the journal and the save) is redone."""
+    store = Store(tmp_path / "service.db")
+    store.initialise()
+    _outcomes.receive(store, completed(conversation("c9", user=("I love tea.",))))
+    async with service(tmp_path) as (client, running):
+        await wait_until(lambda: not running.store.count("reports_due"), "the report was saved")
+        status = (await client.get("/v1/conversations/c9/processing")).json()
+    assert (status["state"], status["ok"]) == ("finished", True)
+    assert sorted(o["job"] for o in status["outcomes"]) == sorted(JOBS)
+
+
+async def test_a_file_in_the_journals_place_stops_the_start_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    """A non-journal file where the journal goes fails the start, saying how to fix it."""
+    path = tmp_path / "service.journal.db"
+    path.write_text("notes")
+    settings = ServiceSettings(db=tmp_path / "service.db", port=0)
+    with pytest.raises(aw.JournalError) as info:
+        async with run_service(create_app(settings), settings):
+            pass
+    assert str(info.value) == (
+        f"{str(path)!r} is not an afterwork journal (SQLite: file is not a database); the "
+        "file was left untouched: move it away or pass journal= another path. The service "
+        "keeps its journal beside AFTERWORK_DB (--db): choose another database, or run "
+        "without a journal (AFTERWORK_JOURNAL=false, --no-journal)"
+    )
+    assert path.read_text() == "notes"

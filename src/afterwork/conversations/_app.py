@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 import afterwork as aw
 from afterwork.asgi import install_handlers
 
+from . import _outcomes
 from ._extractor import Extractor
 from ._http import LimitBody, RequestId
 from ._models import TOO_LARGE, ConversationCompleted
@@ -47,16 +48,15 @@ async def _invalid(request: Request, error: Exception) -> Response:
 async def completed(request: Request, event: ConversationCompleted, wait: bool = False) -> Response:
     """Store the conversation and admit it for processing."""
     service = _service(request)
-    conversation = event.conversation
     # Stored before admission, so a client that retries after a 503 just stores it again.
-    await service.dispatcher.run_sync(service.store.save_conversation, conversation)
-    # The report is saved in the background even when the caller waits for it, so a client
-    # that hangs up mid-wait leaves nothing unsaved.
-    handle, saved = service.admit(event)
-    status_url = f"/v1/conversations/{conversation.id}/processing"
+    handle = await service.admit(event)
+    status_url = f"/v1/conversations/{event.conversation.id}/processing"
     if wait:
         report = await handle.wait()
-        await saved.wait()
+        # The dispatcher queues each report for saving (on_report) before it wakes anyone
+        # waiting on the handle, so this includes this report. It is saved even when the
+        # caller hangs up mid-wait.
+        await service.reports.flushed()
         return JSONResponse(report.model_dump(mode="json"), status_code=200)
     return JSONResponse(
         {"key": handle.key, "status_url": status_url, "reprocess": event.reprocess},
@@ -68,21 +68,15 @@ async def completed(request: Request, event: ConversationCompleted, wait: bool =
 async def processing(request: Request, conversation_id: str) -> Response:
     """The persisted job outcomes of one conversation."""
     service = _service(request)
-    store = service.store
-    known = await service.dispatcher.run_sync(
-        store.count, "conversations", "id = ?", conversation_id
-    )
-    if not known:
+    record = await service.blocking(_outcomes.processing, service.store, conversation_id)
+    if record is None:
         return JSONResponse(
             {"detail": f"no conversation {conversation_id!r}; POST it to "
              "/v1/conversations/completed first"},
             status_code=404,
         )  # fmt: skip
-    outcomes = await service.dispatcher.run_sync(store.outcomes, conversation_id)
-    if conversation_id in service.in_flight:
-        state = "processing"
-    else:
-        state = "finished" if outcomes else "not_processed"
+    outcomes = record.outcomes
+    state = "processing" if record.due else "finished" if outcomes else "not_processed"
     ok = bool(outcomes) and all(o["status"] in ("succeeded", "skipped") for o in outcomes)
     return JSONResponse({"id": conversation_id, "state": state, "ok": ok, "outcomes": outcomes})
 

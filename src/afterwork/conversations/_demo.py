@@ -29,6 +29,7 @@ from ._demo_checks import (
     expectations,
     figures,
     job_counts,
+    journal_left,
     request_ids_carried,
     snapshot,
 )
@@ -116,10 +117,14 @@ async def drive(
 
 
 def fresh_files(out: Path) -> tuple[Path, Path]:
+    """The database and log paths, with what an earlier run left removed (its journal too:
+    a run killed mid-way would otherwise be replayed into this one)."""
     out.mkdir(parents=True, exist_ok=True)
     db, log = out / "demo.db", out / "service.log"
-    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), log):
-        path.unlink(missing_ok=True)
+    for base in (db, out / "demo.journal.db"):
+        for path in (base, Path(f"{base}-wal"), Path(f"{base}-shm")):
+            path.unlink(missing_ok=True)
+    log.unlink(missing_ok=True)
     return db, log
 
 
@@ -183,6 +188,8 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
          f"peak {stats.threads_peak} of {stats.max_threads}"),
         ("every conversation admitted", traffic.progress.errors == 0,
          f"{traffic.progress.errors} refused for good"),
+        ("the journal kept nothing after the drain", journal_left(settings) == 0,
+         f"{journal_left(settings)} unfinished in {settings.journal_path.name}"),
         *expectations(world, jobs, store, receiver, traffic.before_reprocess, ids),
     ]  # fmt: skip
     png = plot(traffic.progress, stats.max_threads, stats.max_pending, options.out / "threads.png")

@@ -7,7 +7,9 @@ that merely finishes is not taken for one that did the work.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import afterwork as aw
 
 from ._demo_data import DemoUser
 from ._receiver import Receiver
+from ._settings import ServiceSettings
 from ._store import Store
 
 Check = tuple[str, bool, str]
@@ -56,6 +59,14 @@ def job_counts(metrics_text: str) -> dict[str, dict[str, int]]:
 
 def snapshot(store: Store) -> dict[str, int]:
     return {table: store.count(table) for table in SNAPSHOT_TABLES}
+
+
+def journal_left(settings: ServiceSettings) -> int:
+    """Completions the journal still holds: 0 after a drain that finished everything."""
+    if not settings.journal_path.is_file():
+        return -1  # the journal was never opened: that is a failure too
+    with closing(sqlite3.connect(settings.journal_path)) as conn:
+        return int(conn.execute("SELECT count(*) FROM completions").fetchone()[0])
 
 
 def request_ids_carried(log_path: Path) -> tuple[int, int]:

@@ -121,6 +121,13 @@ CREATE TABLE IF NOT EXISTS job_outcomes (
     finished_at      TEXT NOT NULL,
     PRIMARY KEY (conversation_id, job)
 );
+-- Conversations admitted whose report is not saved yet, with how many admissions are open:
+-- the "processing" state, and what a restart must account for.
+CREATE TABLE IF NOT EXISTS reports_due (
+    conversation_id  TEXT PRIMARY KEY,
+    reprocess        INTEGER NOT NULL,
+    admissions       INTEGER NOT NULL
+);
 """
 
 #: The tables the service counts rows of, in the order the demo reports them.
@@ -138,4 +145,5 @@ TABLES = (
     "webhook_dead_letters",
     "persona_updates",
     "job_outcomes",
+    "reports_due",
 )

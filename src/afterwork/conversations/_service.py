@@ -1,35 +1,44 @@
 """The running service: its store, HTTP client, dispatcher and pipeline, opened and closed
-together, and the watchers that persist each completion's report.
+together, with the report writer that persists each completion's report.
 
-Order matters on the way out. The dispatcher drains first, while the HTTP client and the store
-are still open for the jobs that are finishing. A watcher saves each report through the thread
-budget; a report that lands while the dispatcher is draining cannot borrow a budget thread any
-more (the dispatcher refuses new work), so it is kept and saved once the drain is over.
+On the way in, the store is put right after any crash (``_recovery``) before the dispatcher
+opens its journal and replays what had not finished. On the way out, the dispatcher drains
+first, while the HTTP client and the store are still open for the jobs that are finishing;
+then the report writer saves the last reports and stops.
+
+Request handlers never borrow the jobs' thread budget: their blocking calls (the database) go
+through ``Service.blocking``, a limiter of their own (``request_threads``), so a budget that
+long jobs saturate cannot stall a response (G4).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import httpx
 import structlog
-from anyio.abc import TaskGroup
 from starlette.applications import Starlette
 
 import afterwork as aw
 from afterwork.asgi import open_dispatcher
 
+from . import _outcomes
 from ._extractor import Extractor, RuleExtractor
-from ._jobs import Services, build_pipeline
+from ._jobs import PIPELINE, Services, build_pipeline
 from ._metrics import Metrics
 from ._models import ConversationCompleted
+from ._recovery import recover
+from ._reports import ReportWriter
 from ._settings import ServiceSettings
 from ._store import Store
 from ._webhook import RetryPolicy
+
+T = TypeVar("T")
 
 logger = structlog.get_logger("afterwork.conversations")
 
@@ -43,41 +52,25 @@ class Service:
     dispatcher: aw.Dispatcher
     pipeline: aw.Pipeline[ConversationCompleted]
     metrics: Metrics
-    watchers: TaskGroup
-    in_flight: Counter[str] = field(default_factory=Counter)  # key -> unfinished handles
-    unsaved: list[aw.Report] = field(default_factory=list)
+    reports: ReportWriter
+    request_limiter: anyio.CapacityLimiter
 
-    def admit(self, event: ConversationCompleted) -> tuple[aw.Handle, anyio.Event]:
-        """Admit the event without waiting (or raise ``Overloaded``/``DispatcherClosed``).
+    async def blocking(self, fn: Callable[..., T], *args: object) -> T:
+        """Run the blocking ``fn(*args)`` for a request, on the requests' own threads."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.request_limiter)
 
-        Its report is saved in the background when it finishes; the event says when.
+    async def admit(self, event: ConversationCompleted) -> aw.Handle:
+        """Store the conversation and admit it, or raise ``Overloaded``/``DispatcherClosed``.
+
+        It returns once the admission is in the journal, and never waits for room: a full
+        dispatcher answers at once (503).
         """
-        handle = self.dispatcher.submit_nowait(self.pipeline, event)
-        self.in_flight[handle.key] += 1
-        saved = anyio.Event()
-        self.watchers.start_soon(self._save, handle, saved, name=f"watch:{handle.key}")
-        return handle, saved
-
-    async def _save(self, handle: aw.Handle, saved: anyio.Event) -> None:
-        report = await handle.wait()
-        self.metrics.observe(report)
+        await self.blocking(_outcomes.receive, self.store, event)
         try:
-            await self.dispatcher.run_sync(self.store.save_report, report)
-        except aw.DispatcherClosed:
-            self.unsaved.append(report)
-        except Exception:
-            # A watcher must never take the service down: the report is lost, loudly.
-            logger.exception("report.save_failed", key=report.key)
-        finally:
-            self.in_flight[report.key] -= 1
-            if not self.in_flight[report.key]:
-                del self.in_flight[report.key]
-            saved.set()
-
-    def save_unsaved(self) -> None:
-        for report in self.unsaved:
-            self.store.save_report(report)
-        self.unsaved.clear()
+            return await self.dispatcher.submit(self.pipeline, event, timeout=0)
+        except (aw.Overloaded, aw.DispatcherClosed):
+            await self.blocking(_outcomes.withdraw, self.store, event.conversation.id)
+            raise
 
 
 def http_client(settings: ServiceSettings) -> httpx.AsyncClient:
@@ -103,6 +96,24 @@ def services_for(
     )
 
 
+async def check_journal(path: Path) -> None:
+    """Open and close the journal at ``path``: a file there that is not one stops the start.
+
+    The dispatcher would refuse it too, but from inside the service's task group, which an
+    error on entering the dispatcher leaves in a broken state; here it fails cleanly first.
+    """
+    probe = aw.SqliteJournal(path)
+    try:
+        probe.open()
+    except aw.JournalError as error:
+        raise aw.JournalError(
+            f"{error}. The service keeps its journal beside AFTERWORK_DB (--db): choose "
+            "another database, or run without a journal (AFTERWORK_JOURNAL=false, "
+            "--no-journal)"
+        ) from error
+    await probe.close()
+
+
 @asynccontextmanager
 async def run_service(
     app: Starlette, settings: ServiceSettings, extractor: Extractor | None = None
@@ -111,27 +122,53 @@ async def run_service(
 
     ``extractor`` replaces the rule-based one (a real model client, or a test double).
     """
-    service: Service | None = None
+    limiter = anyio.CapacityLimiter(settings.request_threads)
+    journal = settings.journal_path if settings.journal else None
     async with http_client(settings) as client:
         services = services_for(settings, client, extractor)
-        dispatcher = aw.Dispatcher(**settings.dispatcher_kwargs())
-        try:
-            # Leaving this drains the dispatcher first; then every watcher holds its report
-            # and the task group finishes at once.
-            async with anyio.create_task_group() as watchers, open_dispatcher(app, dispatcher):
-                await dispatcher.run_sync(services.store.initialise)
-                service = Service(
-                    settings=settings,
-                    store=services.store,
-                    dispatcher=dispatcher,
-                    pipeline=build_pipeline(services),
-                    metrics=Metrics(dispatcher.stats),
-                    watchers=watchers,
-                )
-                app.state.service = service
-                logger.info("service.started", db=str(settings.db), port=settings.port)
-                yield service
-        finally:
-            if service is not None:
-                service.save_unsaved()  # the budget is closed; this runs once, at exit
-                del app.state.service
+        store = services.store
+        await anyio.to_thread.run_sync(store.initialise, limiter=limiter)
+        if journal is not None:
+            await check_journal(journal)
+        lost = await anyio.to_thread.run_sync(recover, store, journal, PIPELINE, limiter=limiter)
+        pipeline = build_pipeline(services)
+        reports = ReportWriter(store)
+
+        def on_report(report: aw.Report) -> None:  # replayed reports come here too
+            metrics.observe(report)
+            reports.put(report)
+
+        dispatcher = aw.Dispatcher(
+            **settings.dispatcher_kwargs(),
+            journal=journal,
+            pipelines=[pipeline],
+            on_report=on_report,
+        )
+        metrics = Metrics(dispatcher.stats)
+        async with anyio.create_task_group() as writer:
+            writer.start_soon(reports.run, name="afterwork:reports")
+            try:
+                async with open_dispatcher(app, dispatcher):
+                    for event in lost:  # their report was lost after their jobs ran: again
+                        await dispatcher.submit(pipeline, event)
+                    app.state.service = Service(
+                        settings=settings,
+                        store=store,
+                        dispatcher=dispatcher,
+                        pipeline=pipeline,
+                        metrics=metrics,
+                        reports=reports,
+                        request_limiter=limiter,
+                    )
+                    logger.info(
+                        "service.started",
+                        db=str(settings.db),
+                        journal=str(journal) if journal else None,
+                        resubmitted=len(lost),
+                        port=settings.port,
+                    )
+                    yield app.state.service
+            finally:
+                reports.close()  # the dispatcher has drained: no report comes after this
+                if hasattr(app.state, "service"):
+                    del app.state.service

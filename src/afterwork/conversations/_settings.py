@@ -27,6 +27,17 @@ class ServiceSettings(aw.Settings):
     host: str = Field("127.0.0.1", min_length=1, description="The address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="The port; 0 picks a free one.")
     db: Path = Field(Path("afterwork.db"), description="The SQLite database file.")
+    journal: bool = Field(
+        True,
+        description="Keep admitted work in a journal next to the database (see journal_path), "
+        "so a crash or a drain deadline loses no job.",
+    )
+    request_threads: int = Field(
+        4,
+        ge=1,
+        description="Threads the request handlers may use at once for the database, apart "
+        "from the jobs' budget, so a saturated budget never stalls a request.",
+    )
     lanes: dict[str, int] = Field(
         default_factory=lambda: {LLM_LANE: 6},
         description='Lane caps as JSON; the jobs need "llm", e.g. {"llm": 6}.',
@@ -46,6 +57,11 @@ class ServiceSettings(aw.Settings):
     )
     max_body_bytes: int = Field(4_000_000, ge=1024, description="Largest request body (413).")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with a 503.")
+
+    @property
+    def journal_path(self) -> Path:
+        """The journal's file, beside the database: ``afterwork.db`` -> ``afterwork.journal.db``."""
+        return self.db.with_name(f"{self.db.stem}.journal{self.db.suffix or '.db'}")
 
     @field_validator("lanes")
     @classmethod

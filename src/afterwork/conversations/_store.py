@@ -1,11 +1,13 @@
-"""The embedded SQLite store: connections, transactions, conversations and report outcomes.
+"""The embedded SQLite store: connections, transactions, conversations and profiles.
 
-Every method blocks, so the service calls them through the dispatcher's thread budget
-(``ctx.run_sync``, ``dispatcher.run_sync``, or from a sync job, which already runs in a budget
-thread). Each call opens its own connection and closes it before returning: a connection never
-crosses threads, and nothing is left open when the service stops. The database is in WAL mode,
-so readers never wait for the writer, and writers take the write lock up front
-(``BEGIN IMMEDIATE``) so two writers queue for ``busy_timeout`` instead of failing mid-way.
+Every method blocks, so nothing calls them on the event loop: jobs call them through the
+dispatcher's thread budget (``ctx.run_sync``, or from a sync job, which already runs in a
+budget thread), request handlers through threads of their own (``Service.blocking``), and the
+report writer on its own thread. Each call opens its own connection and closes it before
+returning: a connection never crosses threads, and nothing is left open when the service
+stops. The database is in WAL mode, so readers never wait for the writer, and writers take the
+write lock up front (``BEGIN IMMEDIATE``) so two writers queue for ``busy_timeout`` instead of
+failing mid-way.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from afterwork import Report
-
 from ._models import Conversation
 from ._schema import SCHEMA, TABLES
 
@@ -29,6 +29,21 @@ BUSY_TIMEOUT_S = 30.0
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def upsert_conversation(conn: sqlite3.Connection, conversation: Conversation) -> None:
+    """Insert the conversation, or replace its body and count one more receipt."""
+    conn.execute(
+        "INSERT INTO conversations (id, uid, created_at, body) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET body = excluded.body, uid = excluded.uid, "
+        "created_at = excluded.created_at, received = received + 1",
+        (
+            conversation.id,
+            conversation.uid,
+            conversation.created_at.isoformat(),
+            conversation.model_dump_json(),
+        ),
+    )
 
 
 class Store:
@@ -79,17 +94,7 @@ class Store:
     def save_conversation(self, conversation: Conversation) -> None:
         """Insert the conversation, or replace its body if it was received before."""
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO conversations (id, uid, created_at, body) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET body = excluded.body, uid = excluded.uid, "
-                "created_at = excluded.created_at, received = received + 1",
-                (
-                    conversation.id,
-                    conversation.uid,
-                    conversation.created_at.isoformat(),
-                    conversation.model_dump_json(),
-                ),
-            )
+            upsert_conversation(conn, conversation)
 
     def conversation(self, conversation_id: str) -> Conversation | None:
         with self.connect() as conn:
@@ -97,32 +102,6 @@ class Store:
                 "SELECT body FROM conversations WHERE id = ?", (conversation_id,)
             ).fetchone()
         return None if row is None else Conversation.model_validate_json(row["body"])
-
-    # -- outcomes ---------------------------------------------------------------------------
-
-    def save_report(self, report: Report) -> None:
-        """Replace the conversation's job outcomes with those of ``report``."""
-        finished = utc_now().isoformat()
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM job_outcomes WHERE conversation_id = ?", (report.key,))
-            conn.executemany(
-                "INSERT INTO job_outcomes (conversation_id, job, status, attempts, duration_s, "
-                "error, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (report.key, o.job, o.status, o.attempts, o.duration_s, o.error, finished)
-                    for o in report.outcomes
-                ],
-            )
-
-    def outcomes(self, conversation_id: str) -> list[dict[str, Any]]:
-        """The persisted job outcomes of a conversation, by job name."""
-        with self.connect() as conn:
-            rows = conn.execute(
-                "SELECT job, status, attempts, duration_s, error FROM job_outcomes "
-                "WHERE conversation_id = ? ORDER BY job",
-                (conversation_id,),
-            ).fetchall()
-        return [dict(row) for row in rows]
 
     # -- a user's profile: goals, personas, integrations ------------------------------------
 
