@@ -36,6 +36,7 @@ def test_settings_read_afterwork_variables(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings.dispatcher_kwargs() == {
         "max_threads": 8,
         "max_pending": 1000,
+        "max_active": 256,
         "drain_timeout": 30.0,
         "lanes": {"llm": 6},
     }
