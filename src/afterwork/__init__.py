@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from ._context import JobContext as JobContext
 from ._dispatcher import Dispatcher as Dispatcher
-from ._dispatcher import Handle as Handle
 from ._exceptions import AfterworkError as AfterworkError
 from ._exceptions import DispatcherClosed as DispatcherClosed
 from ._exceptions import DispatcherNotOpen as DispatcherNotOpen
@@ -16,6 +15,7 @@ from ._exceptions import InvalidJob as InvalidJob
 from ._exceptions import JournalError as JournalError
 from ._exceptions import Overloaded as Overloaded
 from ._exceptions import UnknownLane as UnknownLane
+from ._handle import Handle as Handle
 from ._journal import SqliteJournal as SqliteJournal
 from ._models import DispatcherState as DispatcherState
 from ._models import JobOutcome as JobOutcome

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -14,9 +13,11 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from ._admission import Admission
 from ._budget import Lanes, ThreadBudget
 from ._completion import Completion, Counters, NullRecorder, Recorder, Runtime
 from ._exceptions import DispatcherClosed, DispatcherNotOpen, Overloaded
+from ._handle import Handle
 from ._journal import JournalRow, SqliteJournal
 from ._models import DispatcherState, Report, Stats
 from ._pipeline import Pipeline
@@ -44,37 +45,6 @@ def _check_seconds(setting: str, value: object) -> float:
     ):
         raise ValueError(f"{setting} must be a finite number of seconds >= 0, got {value!r}")
     return float(value)
-
-
-class Handle:
-    """An admitted completion. ``await handle.wait()`` returns its Report."""
-
-    __slots__ = ("_completion",)
-
-    def __init__(self, completion: Completion) -> None:
-        self._completion = completion
-
-    def __repr__(self) -> str:
-        state = "done" if self.done() else "running"
-        return f"<Handle {self.pipeline}:{self.key} {state}>"
-
-    @property
-    def pipeline(self) -> str:
-        return self._completion.pipeline.name
-
-    @property
-    def key(self) -> str:
-        return self._completion.key
-
-    def done(self) -> bool:
-        """True once every job of the completion has an outcome."""
-        return self._completion.report is not None
-
-    async def wait(self) -> Report:
-        """Wait for the completion to finish and return its report. Never raises job errors."""
-        await self._completion.done.wait()
-        assert self._completion.report is not None
-        return self._completion.report
 
 
 class Dispatcher:
@@ -130,14 +100,20 @@ class Dispatcher:
         self._state = DispatcherState.NEW
         self._counters = Counters()
         self._recorder: Recorder = NullRecorder()
-        self._completions: set[Completion] = set()  # admitted and unfinished, queued or not
-        self._queued: deque[Completion] = deque()
-        self._active = 0
-        self._admission_waiters: set[anyio.CancelScope] = set()
         self._budget: ThreadBudget | None = None
+        self._admission: Admission | None = None  # made on entry: it binds to the loop
         self._group: TaskGroup | None = None
         self._runtime: Runtime | None = None
         self._stack = AsyncExitStack()
+
+    @property
+    def _completions(self) -> set[Completion]:
+        return self._admission.unfinished if self._admission is not None else set()
+
+    @property
+    def _room(self) -> Admission:
+        assert self._admission is not None, "admission exists once the dispatcher is entered"
+        return self._admission
 
     def __repr__(self) -> str:
         return (
@@ -183,7 +159,7 @@ class Dispatcher:
         # Loop-bound state is made here, on entry, never at construction.
         self._budget = await self._stack.enter_async_context(ThreadBudget(self.max_threads))
         self._group = await self._stack.enter_async_context(anyio.create_task_group())
-        self._admission = anyio.Semaphore(self.max_pending)
+        self._admission = Admission(self.max_pending, self.max_active, self._start)
         self._replay_scope = anyio.CancelScope()
         self._drained = anyio.Event()
         self._closed = anyio.Event()
@@ -214,7 +190,8 @@ class Dispatcher:
         finished_children: set[str],
     ) -> None:
         # Replay honours max_pending like any producer: it waits here, in the background.
-        await self._admission.acquire()
+        if not await self._room.wait_for_room(None):
+            return  # a drain began: the row stays in the journal
         assert self._runtime is not None
         self._admit(
             Completion(
@@ -260,8 +237,7 @@ class Dispatcher:
             drain_timeout_s=self.drain_timeout,
         )
         self._replay_scope.cancel()  # what replay has not re-admitted stays in the journal
-        for scope in self._admission_waiters:
-            scope.cancel()
+        self._room.refuse_waiters()
         if self._completions:
             with anyio.move_on_after(self.drain_timeout):
                 await self._drained.wait()
@@ -288,23 +264,21 @@ class Dispatcher:
         for completion in self._completions:
             completion.scope.cancel()
         # Queued ones start at once in their cancelled scope, only to report "cancelled".
-        self._start_queued(all_of_them=True)
+        self._room.start_queued(all_of_them=True)
 
     # -- admission --------------------------------------------------------------------------
 
     def submit_nowait(self, pipeline: Pipeline[Any], event: object) -> Handle:
         """Admit ``event`` without waiting, or raise ``Overloaded`` when there is no room."""
         completion = self._prepare(pipeline, event)
-        try:
-            self._admission.acquire_nowait()
-        except anyio.WouldBlock:
+        if not self._room.take_room_nowait():
             raise Overloaded(
                 f"cannot admit {pipeline.name}:{completion.key}: {len(self._completions)} "
                 f"completions are pending, max_pending={self.max_pending}; retry later, or "
                 "use 'await dispatcher.submit(...)' to wait for room",
                 pending=len(self._completions),
                 max_pending=self.max_pending,
-            ) from None
+            )
         return self._admit(completion)
 
     async def submit(
@@ -318,14 +292,11 @@ class Dispatcher:
         wait for the disk, so use ``submit(..., timeout=0)`` when that matters.
         """
         completion = self._prepare(pipeline, event)
-        try:
-            self._admission.acquire_nowait()
-            acquired = True
-        except anyio.WouldBlock:
-            acquired = await self._wait_for_room(timeout)
+        # Room now is taken at once: timeout=0 means "no wait for room".
+        acquired = self._room.take_room_nowait() or await self._room.wait_for_room(timeout)
         if self._state is not DispatcherState.OPEN:
             if acquired:
-                self._admission.release()
+                self._room.give_back_room()
             raise DispatcherClosed(self._closed_message(pipeline))
         if not acquired:
             raise Overloaded(
@@ -340,17 +311,6 @@ class Dispatcher:
             with anyio.CancelScope(shield=True):
                 await completion.durable.wait()
         return handle
-
-    async def _wait_for_room(self, timeout: float | None) -> bool:
-        with anyio.CancelScope() as scope:
-            self._admission_waiters.add(scope)  # aclose cancels these: no waiting on a drain
-            try:
-                with anyio.move_on_after(math.inf if timeout is None else timeout):
-                    await self._admission.acquire()
-                    return True
-            finally:
-                self._admission_waiters.discard(scope)
-        return False
 
     async def run(
         self, pipeline: Pipeline[Any], event: object, *, timeout: float | None = None
@@ -387,24 +347,16 @@ class Dispatcher:
         return Completion(self._runtime, pipeline, model, key)
 
     def _admit(self, completion: Completion) -> Handle:
-        assert self._group is not None
-        self._completions.add(completion)
         self._counters.admitted += 1
         completion.durable = self._recorder.admitted(completion)
-        self._queued.append(completion)
-        self._start_queued()
+        self._room.admit(completion)
         return Handle(completion)
 
-    def _start_queued(self, *, all_of_them: bool = False) -> None:
+    def _start(self, completion: Completion) -> None:
         assert self._group is not None
-        while self._queued and (all_of_them or self._active < self.max_active):
-            completion = self._queued.popleft()
-            self._active += 1
-            self._group.start_soon(
-                self._drive,
-                completion,
-                name=f"afterwork:{completion.pipeline.name}:{completion.key}",
-            )
+        self._group.start_soon(
+            self._drive, completion, name=f"afterwork:{completion.pipeline.name}:{completion.key}"
+        )
 
     async def _drive(self, completion: Completion) -> None:
         try:
@@ -424,11 +376,8 @@ class Dispatcher:
                     "dispatcher.on_report_failed", pipeline=report.pipeline, key=report.key
                 )
         finally:
-            self._completions.discard(completion)
-            self._admission.release()
             self._counters.completed += 1
-            self._active -= 1
-            self._start_queued()
+            self._room.finished(completion)
             if not self._completions and self._state is DispatcherState.DRAINING:
                 self._drained.set()
 
@@ -464,7 +413,7 @@ class Dispatcher:
             threads_stuck=budget.stuck if budget is not None else 0,
             threads_journal=int(self._journal is not None and self._journal.running),
             pending=len(self._completions),
-            queued=len(self._queued),
+            queued=self._admission.queued if self._admission is not None else 0,
             running=c.running,
             admitted=c.admitted,
             completed=c.completed,
