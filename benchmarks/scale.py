@@ -107,11 +107,11 @@ def run(config: Config) -> Section:
             not flagged,
             ""
             if not flagged
-            else "The cost per completion rises with the number pending, "
-            "then levels off. Each pending completion holds over 100 KiB of tasks and records "
-            "(see memory), so a large batch works in a far larger memory footprint and gives "
-            "the garbage collector more to scan; starting jobs only when a token can be had "
-            "would shrink both.",
+            else "The cost per completion rises with the number pending, then levels off. "
+            "Up to max_active (256) completions run at once, each with 7 job tasks and a "
+            "runner per job queued for a token, so a larger batch works in a larger memory "
+            "footprint and gives the garbage collector more to scan; lighter job tasks (no "
+            "runner until a token is free) would shrink both.",
         )
     ]
     return Section("scale", markdown, targets, sizes=f"{ns[0]:,} to {ns[-1]:,} completions")
