@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import anyio
 from pydantic import BaseModel, Field
@@ -38,14 +39,20 @@ class Gate:
         self.entered = 0
 
     def block(self, *_: object, **__: object) -> None:
+        with self.counted():
+            # Bounded so a failing test cannot hang the suite; tests open the gate long before.
+            if not self._released.wait(timeout=20):
+                raise RuntimeError("gate was never opened")
+
+    @contextlib.contextmanager
+    def counted(self) -> Iterator[None]:
+        """Count the enclosed work as running, for ``running``, ``peak`` and ``entered``."""
         with self._lock:
             self.running += 1
             self.entered += 1
             self.peak = max(self.peak, self.running)
         try:
-            # Bounded so a failing test cannot hang the suite; tests open the gate long before.
-            if not self._released.wait(timeout=20):
-                raise RuntimeError("gate was never opened")
+            yield
         finally:
             with self._lock:
                 self.running -= 1

@@ -14,15 +14,23 @@ from afterwork.testing import ThreadSampler
 from .helpers import Ev, Gate, make_pipeline, wait_until
 
 
-def seed_pipeline(sleep_range: tuple[float, float]) -> aw.Pipeline[Ev]:
-    """The seed's completion: seven blocking jobs, each sleeping a random while."""
+def seed_pipeline(sleep_range: tuple[float, float], running: Gate | None = None) -> aw.Pipeline[Ev]:
+    """The seed's completion: seven blocking jobs, each sleeping a random while.
+
+    With ``running``, each job also counts itself in and out of it, so a test can assert how
+    many ran at once without relying on thread identities alone.
+    """
     pipeline = make_pipeline("seed")
     rng = random.Random(4827)
     for i in range(7):
         delay = rng.uniform(*sleep_range)
 
         def job(event: Ev, delay: float = delay) -> None:
-            time.sleep(delay)
+            if running is None:
+                time.sleep(delay)
+            else:
+                with running.counted():
+                    time.sleep(delay)
 
         pipeline.job(name=f"job{i}")(job)
     return pipeline
@@ -30,7 +38,8 @@ def seed_pipeline(sleep_range: tuple[float, float]) -> aw.Pipeline[Ev]:
 
 async def test_seed_scenario_never_exceeds_the_budget() -> None:
     """50 completions of 7 blocking jobs never use more than max_threads OS threads."""
-    pipeline = seed_pipeline((0.002, 0.005))
+    running = Gate()
+    pipeline = seed_pipeline((0.002, 0.005), running)
     with ThreadSampler(interval=0.0005) as sampler:
         async with aw.Dispatcher(max_threads=32) as dispatcher:
             handles = []
@@ -41,6 +50,7 @@ async def test_seed_scenario_never_exceeds_the_budget() -> None:
     assert all(r.ok for r in reports)
     assert sum(len(r.outcomes) for r in reports) == 350
     assert sampler.peak_above_baseline <= 32
+    assert running.peak <= 32
     assert stats.threads_peak <= 32
     assert stats.succeeded == 350
 

@@ -21,6 +21,10 @@ class ThreadSampler:
         with ThreadSampler() as sampler:
             ...  # run work
         assert sampler.peak_above_baseline <= 32
+
+    A pool that keeps idle threads from earlier work (trio's thread cache across runs) can
+    run new work on threads alive at the start, which are not counted: count the work running
+    at once as well in that case.
     """
 
     def __init__(self, interval: float = 0.001) -> None:
