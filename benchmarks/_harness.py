@@ -8,6 +8,7 @@ pair runs taken side by side stay meaningful.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,10 +18,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_MARKER = "@@benchmark-result@@ "
@@ -253,3 +257,23 @@ def fmt(value: float, digits: int = 2) -> str:
 
 def mib(value: float) -> str:
     return fmt(value / 2**20, 1)
+
+
+@contextlib.contextmanager
+def figure(path: Path, size: tuple[float, float]) -> Iterator[Axes]:
+    """Draw on the yielded axes; on leaving, add a legend and grid and save to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here, and none needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size, dpi=110)
+    try:
+        yield ax
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)

@@ -19,6 +19,7 @@ from ._harness import (
     Section,
     Target,
     current_rss_bytes,
+    figure,
     fmt,
     med,
     mib,
@@ -267,39 +268,28 @@ def _base_targets(scenario: Scenario, results: dict[str, list[Result]]) -> list[
 
 
 def _plot(results: dict[str, list[Result]], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
     styles = ["-", "--", "-.", ":"]
-    for i, (peer, runs) in enumerate(results.items()):
-        # The run with the median makespan stands for the peer.
-        runs_by_makespan = sorted(runs, key=lambda r: r["makespan_s"])
-        samples = runs_by_makespan[len(runs) // 2]["samples"]
-        if samples:
-            xs, ys = zip(*samples, strict=True)
-            label = f"{PEERS[peer][0]} (peak {max(ys)})"
-            ax.step(xs, ys, where="post", label=label, linewidth=1.4, linestyle=styles[i % 4])
-    ax.axhline(MAX_THREADS, color="grey", linestyle="--", linewidth=0.8)
-    ax.annotate(
-        f"{MAX_THREADS}",
-        (1.0, MAX_THREADS),
-        xycoords=("axes fraction", "data"),
-        xytext=(3, -3),
-        textcoords="offset points",
-        color="grey",
-        fontsize=8,
-    )
-    ax.set_xlabel("seconds since the first completion")
-    ax.set_ylabel("OS threads above baseline")
-    ax.set_ylim(bottom=0)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, (9, 4.8)) as ax:
+        for i, (peer, runs) in enumerate(results.items()):
+            # The run with the median makespan stands for the peer.
+            runs_by_makespan = sorted(runs, key=lambda r: r["makespan_s"])
+            samples = runs_by_makespan[len(runs) // 2]["samples"]
+            if samples:
+                xs, ys = zip(*samples, strict=True)
+                label = f"{PEERS[peer][0]} (peak {max(ys)})"
+                ax.step(xs, ys, where="post", label=label, linewidth=1.4, linestyle=styles[i % 4])
+        ax.axhline(MAX_THREADS, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(
+            f"{MAX_THREADS}",
+            (1.0, MAX_THREADS),
+            xycoords=("axes fraction", "data"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            color="grey",
+            fontsize=8,
+        )
+        ax.set_xlabel("seconds since the first completion")
+        ax.set_ylabel("OS threads above baseline")
+        ax.set_ylim(bottom=0)
+        ax.set_title(title, fontsize=10)
     return path

@@ -19,7 +19,17 @@ import anyio
 import afterwork as aw
 
 from ._chaos import MAX_THREADS, Conversation
-from ._harness import Config, Result, Section, Target, fmt, median, run_interleaved, table
+from ._harness import (
+    Config,
+    Result,
+    Section,
+    Target,
+    figure,
+    fmt,
+    median,
+    run_interleaved,
+    table,
+)
 
 JOBS = 7
 # Costs this much above the smallest batches' cost count as growth, not noise.
@@ -122,23 +132,12 @@ def _growth(values: list[float]) -> float:
 
 
 def _plot(ns: list[int], cost: dict[str, list[float]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for peer, values in cost.items():
-        ax.plot(ns, values, marker="o", label=PEERS[peer])
-    ax.set_xscale("log", base=2)
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("completions in the batch")
-    ax.set_ylabel("ms per completion")
-    ax.set_title("afterwork: cost per completion as the batch doubles", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, (7, 4)) as ax:
+        for peer, values in cost.items():
+            ax.plot(ns, values, marker="o", label=PEERS[peer])
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("completions in the batch")
+        ax.set_ylabel("ms per completion")
+        ax.set_title("afterwork: cost per completion as the batch doubles", fontsize=10)
     return path
