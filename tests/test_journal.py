@@ -72,6 +72,28 @@ async def test_submit_returns_once_the_admission_is_on_disk(tmp_path: Path) -> N
     assert dispatcher.stats().threads_journal == 0
 
 
+async def test_a_failed_admission_write_is_raised_to_submit_and_logged(
+    tmp_path: Path, events: list[EventDict]
+) -> None:
+    """If the journal cannot record an admission, submit says so; the work still runs."""
+    pipeline = make_pipeline()
+    pipeline.job(name="ok")(lambda e: None)
+    path = tmp_path / "journal.db"
+    async with aw.Dispatcher(journal=path) as dispatcher:
+        with sqlite3.connect(path) as conn:
+            conn.execute("DROP TABLE completions")  # the damage: the next insert fails
+        with pytest.raises(aw.JournalError) as info:
+            await dispatcher.submit(pipeline, Ev(id=1))
+        await wait_until(lambda: dispatcher.stats().succeeded == 1, "the work still ran")
+    assert str(info.value).startswith(
+        "p:1 was admitted and runs, but the journal could not record it, so it would not "
+        f"survive a crash (journal {str(path)!r}: no such table: completions)"
+    )
+    failures = named(events, "journal.write_failed")
+    assert failures
+    assert failures[0]["error"] == "no such table: completions"
+
+
 async def test_outcomes_are_recorded_and_retention_keeps_finished_rows(tmp_path: Path) -> None:
     """Each final outcome is written as it happens; retention_s keeps finished completions."""
     pipeline = make_pipeline()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,7 +31,9 @@ MAX_BACKOFF_S = 60.0
 class Recorder(Protocol):
     """Where admissions and outcomes go as they happen (the journal's seam)."""
 
-    def admitted(self, completion: Completion) -> anyio.Event | None: ...
+    def admitted(self, completion: Completion) -> Callable[[], Awaitable[object]] | None:
+        """Queue the admission's write; the result, awaited, returns once it is on disk."""
+        ...
 
     def child_spawned(self, completion: Completion, job: str) -> None: ...
 
@@ -43,7 +45,7 @@ class Recorder(Protocol):
 class NullRecorder:
     """Records nothing: the dispatcher without a journal."""
 
-    def admitted(self, completion: Completion) -> anyio.Event | None:
+    def admitted(self, completion: Completion) -> Callable[[], Awaitable[object]] | None:
         return None
 
     def child_spawned(self, completion: Completion, job: str) -> None:
@@ -120,7 +122,8 @@ class Completion:
         self.unfinished: set[str] = {name for name in pipeline.jobs if only is None or name in only}
         self.report: Report | None = None
         self.done = anyio.Event()
-        self.durable: anyio.Event | None = None  # set once the journal has the admission
+        # Awaited by submit: returns once the journal has the admission on disk.
+        self.durable: Callable[[], Awaitable[object]] | None = None
         self._outcomes: list[JobOutcome] = []
         self._group: TaskGroup | None = None
 

@@ -16,7 +16,7 @@ from anyio.abc import TaskGroup
 from ._admission import Admission
 from ._budget import Lanes, ThreadBudget
 from ._completion import Completion, Counters, NullRecorder, Recorder, Runtime
-from ._exceptions import DispatcherClosed, DispatcherNotOpen, Overloaded
+from ._exceptions import DispatcherClosed, DispatcherNotOpen, JournalError, Overloaded
 from ._handle import Handle
 from ._journal import JournalRow, SqliteJournal
 from ._models import DispatcherState, Report, Stats
@@ -307,9 +307,15 @@ class Dispatcher:
             )
         handle = self._admit(completion)
         if completion.durable is not None:
-            # Shielded: once admitted, the caller learns it is on disk or is not told at all.
+            # Shielded: once admitted, the caller learns whether it is on disk.
             with anyio.CancelScope(shield=True):
-                await completion.durable.wait()
+                try:
+                    await completion.durable()
+                except JournalError as exc:
+                    raise JournalError(
+                        f"{pipeline.name}:{completion.key} was admitted and runs, but the "
+                        f"journal could not record it, so it would not survive a crash ({exc})"
+                    ) from exc
         return handle
 
     async def run(

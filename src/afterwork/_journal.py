@@ -26,10 +26,13 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import structlog
 from anyio.lowlevel import EventLoopToken
 
 from ._exceptions import JournalError
 from ._loopcall import call_soon_threadsafe
+
+logger = structlog.get_logger("afterwork")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (
@@ -155,13 +158,6 @@ class SqliteJournal:
         assert self._thread is not None
         self._thread.join()
 
-    def put(self, apply: Callable[[sqlite3.Connection], Any]) -> anyio.Event:
-        """Queue a write; the returned event is set once it is committed."""
-        write = _Write(apply=apply, done=anyio.Event())
-        self._queue.put(write)
-        assert write.done is not None
-        return write.done
-
     def put_nowait(self, apply: Callable[[sqlite3.Connection], Any]) -> None:
         """Queue a write that nobody waits for (outcomes: order alone matters)."""
         self._queue.put(_Write(apply=apply))
@@ -207,18 +203,29 @@ class SqliteJournal:
         assert self._token is not None
         call_soon_threadsafe(self._token, _wake, writes)
 
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
+        try:
+            self._apply(conn, batch)
+        except sqlite3.Error:
+            # One bad write must not sink the others: try each alone, keeping its own error.
+            for write in batch:
+                try:
+                    self._apply(conn, [write])
+                except sqlite3.Error as exc:
+                    write.error = exc
+                    logger.error("journal.write_failed", path=str(self.path), error=str(exc))
+
     @staticmethod
-    def _commit(conn: sqlite3.Connection, batch: list[_Write]) -> None:
+    def _apply(conn: sqlite3.Connection, writes: list[_Write]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for write in batch:
+            for write in writes:
                 write.result = write.apply(conn)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except sqlite3.Error:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for write in batch:
-                write.error = exc
+            raise
 
 
 def _wake(writes: list[_Write]) -> None:

@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import pydantic
 from structlog.typing import FilteringBoundLogger
 
@@ -31,11 +30,11 @@ class JournalRecorder:
     def __init__(self, journal: SqliteJournal) -> None:
         self.journal = journal
 
-    def admitted(self, completion: Completion) -> anyio.Event | None:
+    def admitted(self, completion: Completion) -> Callable[[], Awaitable[object]] | None:
         if completion.replayed:
             return None  # its row is already on disk
         assert completion.event is not None
-        return self.journal.put(
+        return self.journal.call_soon(
             _journal.admit(
                 completion.id,
                 completion.pipeline.name,
