@@ -32,6 +32,13 @@ class ServiceSettings(aw.Settings):
         description="Keep admitted work in a journal next to the database (see journal_path), "
         "so a crash or a drain deadline loses no job.",
     )
+    max_active: int = Field(
+        1000,
+        ge=1,
+        description="Completions running their jobs at once. As high as max_pending by default: "
+        "the webhook job can wait out 36 s of retries, and a lower cap would let completions "
+        "stuck on a dead endpoint hold back every other one.",
+    )
     request_threads: int = Field(
         4,
         ge=1,
