@@ -261,7 +261,11 @@ def mib(value: float) -> str:
 
 @contextlib.contextmanager
 def figure(path: Path, size: tuple[float, float]) -> Iterator[Axes]:
-    """Draw on the yielded axes; on leaving, add a legend and grid and save to ``path``."""
+    """Draw on the yielded axes; on leaving, add a legend and grid and save to ``path``.
+
+    A plot with more panels adds them to ``ax.figure``; if it placed a legend of its own
+    anywhere in the figure, that one is kept and none is added on top of the data.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display here, and none needed
@@ -270,7 +274,8 @@ def figure(path: Path, size: tuple[float, float]) -> Iterator[Axes]:
     fig, ax = plt.subplots(figsize=size, dpi=110)
     try:
         yield ax
-        ax.legend(fontsize=8)
+        if not any(axes.get_legend() for axes in fig.axes):
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)

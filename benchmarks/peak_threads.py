@@ -7,8 +7,10 @@ call that launches one completion takes (p50, p99).
 
 from __future__ import annotations
 
+import bisect
+import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from afterwork.testing import ThreadSampler
 
@@ -31,7 +33,29 @@ from ._harness import (
 )
 from ._peers import PEERS
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure, SubFigure
+    from matplotlib.gridspec import GridSpec
+
 SAMPLE_INTERVAL_S = 0.002
+# One colour, line style and marker per peer, the same in every variant's plot, so a peer
+# keeps its look when --hang leaves some peers out.
+LOOKS = {
+    peer: (f"C{i}", ("-", "--", "-.", ":")[i % 4], "osD^v<>P"[i % 8])
+    for i, peer in enumerate(PEERS)
+}
+# The zoomed panels: this many side by side, y ticks every PANEL_TICK threads.
+PANEL_COLUMNS = 4
+PANEL_TICK = 8
+Curve = tuple[list[float], list[int]]
+PANEL_NOTE = (
+    "Below: one panel per peer, all on the same\n"
+    "y range and time window (shaded above when\n"
+    "a peer runs past it). Bold: the run with the\n"
+    "median makespan, drawn above too; faint:\n"
+    "the other runs. Steps hold the last sample."
+)
 TIMEOUT_PEERS = [name for name, (_, _, _, can) in PEERS.items() if can]
 NO_TIMEOUT_REASONS = {
     "raw": "a started thread cannot be stopped, and nothing waits on it to time it out",
@@ -268,28 +292,217 @@ def _base_targets(scenario: Scenario, results: dict[str, list[Result]]) -> list[
 
 
 def _plot(results: dict[str, list[Result]], path: Path, title: str) -> Path:
-    styles = ["-", "--", "-.", ":"]
-    with figure(path, (9, 4.8)) as ax:
-        for i, (peer, runs) in enumerate(results.items()):
-            # The run with the median makespan stands for the peer.
-            runs_by_makespan = sorted(runs, key=lambda r: r["makespan_s"])
-            samples = runs_by_makespan[len(runs) // 2]["samples"]
-            if samples:
-                xs, ys = zip(*samples, strict=True)
-                label = f"{PEERS[peer][0]} (peak {max(ys)})"
-                ax.step(xs, ys, where="post", label=label, linewidth=1.4, linestyle=styles[i % 4])
-        ax.axhline(MAX_THREADS, color="grey", linestyle="--", linewidth=0.8)
-        ax.annotate(
-            f"{MAX_THREADS}",
-            (1.0, MAX_THREADS),
-            xycoords=("axes fraction", "data"),
-            xytext=(3, -3),
-            textcoords="offset points",
-            color="grey",
+    """The whole run of every peer on top, and below it one zoomed panel per peer.
+
+    On a single linear axis the raw-threads spike and asyncio.to_thread's long tail squeeze
+    the peers that sit at the budget into one flat band. The panels share one y range near
+    the budget and the time window the bounded peers need, so each peer reads on its own,
+    even where several peers' curves coincide.
+    """
+    ordered = {peer: _median_first(runs) for peer, runs in results.items()}
+    curves = {peer: [_xy(run) for run in runs if run["samples"]] for peer, runs in ordered.items()}
+    window, top = _window(curves), _panel_top(curves)
+    rows = -(-len(curves) // PANEL_COLUMNS)
+    with figure(path, (12, 3.9 + 2.2 * rows)) as ax:
+        fig = ax.figure
+        grid = fig.add_gridspec(1 + rows, PANEL_COLUMNS, height_ratios=[1.8] + [1] * rows)
+        # The full view takes the top row but one cell: the legend goes there, off the data.
+        ax.set_subplotspec(grid[0, :-1])
+        _full_view(ax, curves, window)
+        _legend(fig.add_subplot(grid[0, -1]), ax)
+        panels = _panel_axes(fig, grid, len(curves))
+        for i, (panel, (peer, runs)) in enumerate(zip(panels, curves.items(), strict=True)):
+            _panel(panel, peer, runs, window, top)
+            _panel_title(panel, peer, ordered[peer][0])
+            _label_outer(panel, i, len(curves))
+        fig.suptitle(title, fontsize=11)
+    return path
+
+
+def _panel_axes(fig: Figure | SubFigure, grid: GridSpec, count: int) -> list[Axes]:
+    """``count`` panels in the grid's rows below the full view, all on one x and one y scale."""
+    panels: list[Axes] = []
+    for i in range(count):
+        panel = fig.add_subplot(grid[1 + i // PANEL_COLUMNS, i % PANEL_COLUMNS])
+        if panels:
+            panel.sharex(panels[0])
+            panel.sharey(panels[0])
+        panels.append(panel)
+    return panels
+
+
+def _median_first(runs: list[Result]) -> list[Result]:
+    """A peer's runs, the one with the median makespan first.
+
+    That run stands for the peer; the others are drawn faintly in its panel, to show how much
+    the repeats differ.
+    """
+    ordered = sorted(runs, key=lambda r: r["makespan_s"])
+    ordered.insert(0, ordered.pop(len(ordered) // 2))
+    return ordered
+
+
+def _xy(run: Result) -> Curve:
+    xs, ys = zip(*run["samples"], strict=True)
+    return [float(x) for x in xs], [int(y) for y in ys]
+
+
+def _window(curves: dict[str, list[Curve]]) -> float:
+    """The seconds the panels show: up to the end of the last peer that is not an outlier.
+
+    A peer that runs more than twice as long as the typical one (asyncio.to_thread on a small
+    machine) would squeeze the others into a sliver: its panel says where it ends instead.
+    """
+    ends = _ends(curves)
+    if not ends:
+        return 1.0
+    typical = statistics.median(ends)
+    return 1.03 * max(end for end in ends if end <= 2 * typical)
+
+
+def _ends(curves: dict[str, list[Curve]]) -> list[float]:
+    """When each peer's median-makespan run took its last sample."""
+    return [runs[0][0][-1] for runs in curves.values() if runs]
+
+
+def _panel_top(curves: dict[str, list[Curve]]) -> int:
+    """The panels' shared y limit: room above the budget and every peak near it.
+
+    A peak more than twice the budget (raw threads) is left off scale and labelled instead.
+    """
+    peaks = [max(runs[0][1]) for runs in curves.values() if runs]
+    near = [peak for peak in peaks if peak <= 2 * MAX_THREADS]
+    return PANEL_TICK * (max([MAX_THREADS, *near]) // PANEL_TICK + 1)
+
+
+def _full_view(ax: Axes, curves: dict[str, list[Curve]], window: float) -> None:
+    for i, (peer, runs) in enumerate(curves.items()):
+        if not runs:
+            continue
+        xs, ys = runs[0]
+        color, style, marker = LOOKS[peer]
+        ax.step(
+            xs,
+            ys,
+            where="post",
+            color=color,
+            linestyle=style,
+            linewidth=1.3,
+            marker=marker,
+            markersize=4,
+            # Markers a little apart from one peer to the next, so that curves lying on top
+            # of each other (several peers at exactly 32) still show every peer's marker.
+            markevery=(0.013 * i, 0.09),
+            label=f"{PEERS[peer][0]} (peak {max(ys)})",
+        )
+    if max(_ends(curves), default=0.0) > window:
+        ax.axvspan(0, window, color="grey", alpha=0.08, linewidth=0)
+    _budget(ax)
+    _integer_ticks(ax)
+    ax.set_xlim(left=0)
+    # Headroom over the budget line, so its label never sits on the frame.
+    ax.set_ylim(0, max(ax.get_ylim()[1], 1.25 * MAX_THREADS))
+    ax.set_xlabel("seconds since the first completion")
+    ax.set_ylabel("OS threads above baseline")
+    ax.set_title("the whole run, every peer", fontsize=9, loc="left")
+
+
+def _legend(cell: Axes, full_view: Axes) -> None:
+    cell.axis("off")
+    handles, labels = full_view.get_legend_handles_labels()
+    cell.legend(handles, labels, loc="upper left", fontsize=8, frameon=False)
+    cell.text(0.0, 0.0, PANEL_NOTE, fontsize=7.5, color="dimgrey", va="bottom")
+
+
+def _panel(ax: Axes, peer: str, runs: list[Curve], window: float, top: int) -> None:
+    color, style, _ = LOOKS[peer]
+    for xs, ys in runs[1:]:
+        ax.step(xs, ys, where="post", color=color, linewidth=0.8, alpha=0.35)
+    if runs:
+        xs, ys = runs[0]
+        ax.step(xs, ys, where="post", color=color, linestyle=style, linewidth=1.5)
+        _off_scale(ax, runs[0], window, top)
+    ax.set_xlim(0, window)
+    ax.set_ylim(0, top)
+    _budget(ax, in_panel=True)
+    _panel_ticks(ax)
+    ax.grid(alpha=0.3)
+
+
+def _panel_title(ax: Axes, peer: str, run: Result) -> None:
+    # The bold run's own figures, the same numbers as that run's row would show in the table.
+    numbers = f"peak {run['peak_threads']}, makespan {run['makespan_s']:.2f} s"
+    ax.set_title(f"{PEERS[peer][0]}\n{numbers}", fontsize=9)
+
+
+def _off_scale(ax: Axes, curve: Curve, window: float, top: int) -> None:
+    """Say what the zoom hides: a peak above the panel, a tail past its right edge."""
+    xs, ys = curve
+    peak = max(ys)
+    if peak > top:
+        # In the top right corner: the spike itself fills the space next to its peak.
+        ax.text(
+            0.98,
+            0.96,
+            f"\u2191 off scale: peak {peak} at {xs[ys.index(peak)]:.2f} s",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
             fontsize=8,
         )
-        ax.set_xlabel("seconds since the first completion")
-        ax.set_ylabel("OS threads above baseline")
-        ax.set_ylim(bottom=0)
-        ax.set_title(title, fontsize=10)
-    return path
+    if xs[-1] > window:
+        level = ys[bisect.bisect_right(xs, window) - 1]
+        ax.annotate(
+            f"runs on to {xs[-1]:.1f} s \u2192",
+            (window, level),
+            xytext=(-3, 3),
+            textcoords="offset points",
+            ha="right",
+            fontsize=8,
+        )
+
+
+def _budget(ax: Axes, *, in_panel: bool = False) -> None:
+    """The budget line and its label.
+
+    The label sits just above the line, where few curves go: in the full view at its right
+    end, past all but asyncio.to_thread's low tail; in a panel at its middle, because the
+    ramps up and the falling edges (Starlette's from 40) crowd both ends.
+    """
+    ax.axhline(MAX_THREADS, color="grey", linestyle="--", linewidth=0.8)
+    x, offset, ha = (0.5, (0, 2), "center") if in_panel else (1.0, (-3, 2), "right")
+    ax.annotate(
+        f"{MAX_THREADS}-thread budget",
+        (x, MAX_THREADS),
+        xycoords=("axes fraction", "data"),
+        xytext=offset,
+        textcoords="offset points",
+        ha=ha,
+        va="bottom",
+        color="dimgrey",
+        fontsize=7,
+    )
+
+
+def _integer_ticks(ax: Axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    # Threads come whole: a tick at 12.5 threads would only invite misreading.
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _panel_ticks(ax: Axes) -> None:
+    from matplotlib.ticker import MultipleLocator
+
+    # Steps of 8 put the 32-thread budget on a tick.
+    ax.yaxis.set_major_locator(MultipleLocator(PANEL_TICK))
+
+
+def _label_outer(ax: Axes, index: int, count: int) -> None:
+    """Tick labels on the left column and on the lowest panel of each column only."""
+    lowest = index + PANEL_COLUMNS >= count
+    ax.tick_params(labelleft=index % PANEL_COLUMNS == 0, labelbottom=lowest)
+    if lowest:
+        ax.set_xlabel("seconds", fontsize=8)
+    if index % PANEL_COLUMNS == 0:
+        ax.set_ylabel("threads", fontsize=8)
