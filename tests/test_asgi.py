@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 import afterwork as aw
 from afterwork import asgi
-from afterwork.conversations._serving import base_url, serving
+from afterwork.testing import base_url, serving
 
 
 def make_app(retry_after: int = 1) -> FastAPI:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import weakref
 
 import anyio
@@ -194,9 +195,12 @@ async def test_on_report_sees_every_report_and_its_failures_are_contained(
     assert [r.replayed for r in seen] == [False] * 3
     [failure] = named(events, "dispatcher.on_report_failed")
     assert failure["key"] == "2"
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(aw.InvalidOption) as info:
         aw.Dispatcher(on_report=42)  # type: ignore[arg-type]
-    assert str(info.value) == "on_report must be a function taking a Report, got 42"
+    assert str(info.value) == (
+        "on_report must be a function taking a Report, got 42; "
+        "e.g. Dispatcher(on_report=lambda report: print(report.ok))"
+    )
 
 
 # -- G5 drain -------------------------------------------------------------------------------
@@ -348,11 +352,12 @@ async def test_lifecycle_misuse_has_its_own_messages() -> None:
     )
     async with dispatcher:
         pass
-    with pytest.raises(RuntimeError) as again:
+    with pytest.raises(aw.UsageError) as again:
         async with dispatcher:
             pass
     assert str(again.value) == (
-        "this Dispatcher is closed and cannot be entered again; create a new Dispatcher"
+        "this Dispatcher is closed and cannot be entered again; create a new Dispatcher for "
+        "each 'async with'"
     )
     with pytest.raises(aw.DispatcherClosed) as closed:
         await dispatcher.submit(pipeline, Ev(id=1))
@@ -424,18 +429,23 @@ async def test_stats_are_a_frozen_snapshot_of_every_field() -> None:
         "state": aw.DispatcherState.OPEN,
         "max_threads": 3,
         "max_pending": 10,
+        "max_delayed": 10_000,
         "threads_busy": 3,
         "threads_peak": 3,
         "threads_stuck": 0,
         "threads_journal": 0,
         "pending": 5,
         "queued": 0,
+        "delayed": 0,
+        "replaying": False,
         "running": 5,
         "admitted": 5,
         "completed": 0,
         "timed_out": 0,
         "cancelled": 0,
+        "deferred": 0,
         "retried": 0,
+        "journal_error": None,
     }
     assert after.model_dump(
         include={
@@ -470,12 +480,12 @@ class Other(pydantic.BaseModel):
 
 
 async def test_a_wrong_event_type_or_invalid_data_is_refused_and_nothing_admitted() -> None:
-    """A wrong model raises TypeError naming the expected one; bad data a ValidationError."""
+    """A wrong model raises InvalidEvent naming the expected one; bad data ValidationError."""
     pipeline = make_pipeline()
     pipeline.job(name="j")(lambda e: None)
     async with aw.Dispatcher() as dispatcher:
-        with pytest.raises(TypeError) as wrong:
-            dispatcher.submit_nowait(pipeline, Other(id=1))
+        with pytest.raises(aw.InvalidEvent) as wrong:
+            dispatcher.submit_nowait(pipeline, Other(id=1))  # type: ignore[misc]
         assert str(wrong.value) == (
             "pipeline 'p' takes Ev events (or a dict to validate into one), got Other"
         )
@@ -489,10 +499,10 @@ async def test_a_wrong_event_type_or_invalid_data_is_refused_and_nothing_admitte
 
 
 async def test_a_key_function_returning_a_non_string_is_refused() -> None:
-    """A key that is not a str or int raises TypeError naming the pipeline and the value."""
+    """A key that is not a str or int raises InvalidEvent naming the pipeline and value."""
     pipeline = aw.Pipeline("k", event=Ev, key=lambda e: e.tags)
     async with aw.Dispatcher() as dispatcher:
-        with pytest.raises(TypeError) as info:
+        with pytest.raises(aw.InvalidEvent) as info:
             dispatcher.submit_nowait(pipeline, Ev(id=1, tags=["a"]))
         assert dispatcher.stats().admitted == 0
     assert str(info.value) == (
@@ -501,36 +511,44 @@ async def test_a_key_function_returning_a_non_string_is_refused() -> None:
     )
 
 
+SECONDS = "must be a finite number of seconds >= 0"
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "problem", "fix"),
     [
-        ({"max_threads": 0}, "max_threads must be an int >= 1, got 0; pass e.g. max_threads=32"),
+        ({"max_threads": 0}, "max_threads must be an int >= 1, got 0", "max_threads=32"),
+        ({"max_pending": -5}, "max_pending must be an int >= 1, got -5", "max_pending=1000"),
+        ({"max_threads": 2.5}, "max_threads must be an int >= 1, got 2.5", "max_threads=32"),
+        ({"max_threads": True}, "max_threads must be an int >= 1, got True", "max_threads=32"),
+        ({"drain_timeout": -1}, f"drain_timeout {SECONDS}, got -1", "drain_timeout=30"),
+        ({"drain_timeout": math.inf}, f"drain_timeout {SECONDS}, got inf", "drain_timeout=30"),
+        ({"park_after": "5"}, f"park_after {SECONDS}, got '5'", "park_after=5.0"),
+        ({"max_active": 0}, "max_active must be an int >= 1, got 0", "max_active=256"),
+        ({"max_delayed": -1}, "max_delayed must be an int >= 0, got -1", "max_delayed=10000"),
+        ({"lanes": {"llm": 0}}, "lanes['llm'] must be an int >= 1, got 0", "lanes={'llm': 6}"),
+        ({"lanes": {"": 1}}, "a lane name must be a non-empty str, got ''", "lanes={'llm': 6}"),
         (
-            {"max_pending": -5},
-            "max_pending must be an int >= 1, got -5; pass e.g. max_pending=32",
+            {"lanes": [("llm", 6)]},
+            "lanes must be a dict of lane sizes, got [('llm', 6)]",
+            "lanes={'llm': 6}",
         ),
         (
-            {"max_threads": 2.5},
-            "max_threads must be an int >= 1, got 2.5; pass e.g. max_threads=32",
-        ),
-        (
-            {"drain_timeout": -1},
-            "drain_timeout must be a finite number of seconds >= 0, got -1",
-        ),
-        ({"max_active": 0}, "max_active must be an int >= 1, got 0; pass e.g. max_active=32"),
-        (
-            {"lanes": {"llm": 0}},
-            "lanes['llm'] must be an int >= 1, got 0; pass e.g. lanes['llm']=32",
+            {"journal": 42},
+            "journal must be a path or a SqliteJournal, got 42",
+            "journal='var/afterwork.db'",
         ),
     ],
 )
 def test_invalid_settings_name_the_setting_and_value(
-    kwargs: dict[str, object], message: str
+    kwargs: dict[str, object], problem: str, fix: str
 ) -> None:
-    """Each invalid Dispatcher setting raises ValueError naming the setting and the value."""
-    with pytest.raises(ValueError) as info:
+    """Each invalid Dispatcher setting raises InvalidOption naming it, the value, and a fix
+    that is valid Python."""
+    with pytest.raises(aw.InvalidOption) as info:
         aw.Dispatcher(**kwargs)  # type: ignore[arg-type]
-    assert str(info.value) == message
+    assert str(info.value) == f"{problem}; e.g. Dispatcher({fix})"
+    compile(f"Dispatcher({fix})", "<fix>", "eval")  # the fix is Python a user can paste
 
 
 async def test_an_unknown_lane_is_refused_at_submit() -> None:
@@ -542,6 +560,6 @@ async def test_an_unknown_lane_is_refused_at_submit() -> None:
             dispatcher.submit_nowait(pipeline, Ev(id=1))
         assert dispatcher.stats().admitted == 0
     assert str(info.value) == (
-        "lane 'gpu' is not configured on this dispatcher (its lanes: llm); pass "
-        "lanes={'gpu': N} to Dispatcher(...)"
+        "lane 'gpu' is not configured on this dispatcher (its lanes: llm); pass it with a "
+        "size, e.g. Dispatcher(lanes={'gpu': 6})"
     )

@@ -72,26 +72,37 @@ async def test_submit_returns_once_the_admission_is_on_disk(tmp_path: Path) -> N
     assert dispatcher.stats().threads_journal == 0
 
 
-async def test_a_failed_admission_write_is_raised_to_submit_and_logged(
+async def test_a_failed_admission_write_fails_the_journal_and_runs_nothing(
     tmp_path: Path, events: list[EventDict]
 ) -> None:
-    """If the journal cannot record an admission, submit says so; the work still runs."""
+    """If the journal cannot record an admission, submit raises JournalError, the work does
+    not run, stats() says why, and every later submit is refused at once."""
     pipeline = make_pipeline()
-    pipeline.job(name="ok")(lambda e: None)
+    ran: list[int] = []
+    pipeline.job(name="ok")(lambda e: ran.append(e.id))
     path = tmp_path / "journal.db"
     async with aw.Dispatcher(journal=path) as dispatcher:
+        await dispatcher.run(pipeline, Ev(id=0))  # the start-up read is long done
         with sqlite3.connect(path) as conn:
             conn.execute("DROP TABLE completions")  # the damage: the next insert fails
         with pytest.raises(aw.JournalError) as info:
             await dispatcher.submit(pipeline, Ev(id=1))
-        await wait_until(lambda: dispatcher.stats().succeeded == 1, "the work still ran")
-    assert str(info.value).startswith(
-        "p:1 was admitted and runs, but the journal could not record it, so it would not "
-        f"survive a crash (journal {str(path)!r}: no such table: completions)"
+        await wait_until(lambda: dispatcher.stats().completed == 2, "the refused one ended")
+        stats = dispatcher.stats()
+        with pytest.raises(aw.JournalError) as later:
+            dispatcher.submit_nowait(pipeline, Ev(id=2))
+    reason = "OperationalError: no such table: completions"
+    assert str(info.value) == (
+        f"the journal {str(path)!r} failed ({reason}); nothing more can be made durable, so "
+        "new work is refused: fix the cause and restart, and the journal replays what it holds"
     )
-    failures = named(events, "journal.write_failed")
-    assert failures
-    assert failures[0]["error"] == "no such table: completions"
+    assert str(later.value) == (
+        f"cannot admit work to 'p': the journal failed ({reason}); restart once it is fixed"
+    )
+    assert ran == [0]
+    assert stats.journal_error == reason
+    [failed] = named(events, "journal.failed")
+    assert failed["reason"] == reason
 
 
 async def test_outcomes_are_recorded_and_retention_keeps_finished_rows(tmp_path: Path) -> None:
@@ -134,8 +145,9 @@ async def test_replay_runs_only_unfinished_jobs_with_the_same_idempotency_key(
     ) as dispatcher:
         await wait_until(lambda: dispatcher.stats().completed == 3, "replayed work finishes")
     assert sorted(ran[4:]) == ["j:0:hangs", "j:1:hangs", "j:2:hangs"]  # done_first: not rerun
+    # A replayed report carries the outcomes recorded before the restart too.
     assert sorted((r.key, r.replayed, [o.job for o in r.outcomes]) for r in reports) == [
-        (str(i), True, ["hangs"]) for i in range(3)
+        (str(i), True, ["done_first", "hangs"]) for i in range(3)
     ]
     assert rows(path, "SELECT count(*) FROM completions") == [(0,)]
     first_start, restart = named(events, "journal.replayed")
@@ -264,11 +276,12 @@ async def test_a_file_that_is_not_a_database_is_refused_and_left_untouched(
         async with aw.Dispatcher(journal=path):
             pass
     assert str(info.value) == (
-        f"{str(path)!r} is not an afterwork journal (SQLite: file is not a database); the "
-        "file was left untouched: move it away or pass journal= another path"
+        f"{str(path)!r} cannot be used as a journal: SQLite cannot read it (file is not a "
+        "database); it was left untouched: move it away, or pass journal= another path"
     )
     assert path.read_bytes() == content
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    # Only the journal's lock file was added beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "notes.txt.lock"]
 
 
 def run_app(tmp_path: Path, mode: str, **extra: str) -> subprocess.Popen[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -115,27 +116,132 @@ def test_keyword_only_ctx_and_optional_extras_are_accepted() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"timeout": 0}, "job 'j': timeout must be a positive number of seconds or None, got 0"),
-        ({"retries": -1}, "job 'j': retries must be an int >= 0, got -1"),
-        ({"backoff": float("nan")}, "job 'j': backoff must be seconds >= 0, got nan"),
+        (
+            {"timeout": 0},
+            "job 'j': timeout must be a finite number of seconds > 0, got 0; e.g. "
+            "@pipeline.job(name='j', timeout=30), or timeout=None",
+        ),
+        (
+            {"timeout": True},
+            "job 'j': timeout must be a finite number of seconds > 0, got True; e.g. "
+            "@pipeline.job(name='j', timeout=30), or timeout=None",
+        ),
+        (
+            {"timeout": "5"},
+            "job 'j': timeout must be a finite number of seconds > 0, got '5'; e.g. "
+            "@pipeline.job(name='j', timeout=30), or timeout=None",
+        ),
+        (
+            {"retries": -1},
+            "job 'j': retries must be an int >= 0, got -1; e.g. @pipeline.job(name='j', retries=2)",
+        ),
+        (
+            {"backoff": float("nan")},
+            "job 'j': backoff must be a finite number of seconds >= 0, got nan; e.g. "
+            "@pipeline.job(name='j', backoff=0.5)",
+        ),
+        (
+            {"backoff": True},
+            "job 'j': backoff must be a finite number of seconds >= 0, got True; e.g. "
+            "@pipeline.job(name='j', backoff=0.5)",
+        ),
+        (
+            {"lane": ""},
+            "job 'j': lane must be a non-empty str, got ''; e.g. @pipeline.job(name='j', "
+            "lane='llm')",
+        ),
     ],
 )
 def test_invalid_job_options_name_the_option(options: dict[str, Any], message: str) -> None:
-    """Each invalid job option raises ValueError naming the job, the option and the value."""
+    """Each invalid job option raises InvalidOption naming the job, option, value and fix."""
     pipeline = make_pipeline()
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(aw.InvalidOption) as info:
         pipeline.job(name="j", **options)(lambda e: None)
     assert str(info.value) == message
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("", "a non-empty str"),
+        ("a/b", "a name without '/' (it separates a parent job from its children)"),
+        ("x" * 201, "at most 200 characters long"),
+        ("bad\ud800", "printable text (no control characters or lone surrogates)"),
+        ("line\nbreak", "printable text (no control characters or lone surrogates)"),
+    ],
+)
+def test_invalid_job_names_are_refused(name: str, problem: str) -> None:
+    """A job name that is empty, holds '/', is too long or is not printable text is refused."""
+    pipeline = make_pipeline()
+    with pytest.raises(aw.InvalidOption) as info:
+        pipeline.job(name=name)(lambda e: None)
+    assert str(info.value) == (
+        f"a job name must be {problem}, got {name!r}; pass @pipeline.job(name='save_vector'), "
+        "a name without '/'"
+    )
 
 
 def test_pipeline_arguments_are_checked() -> None:
     """A pipeline needs a name, a pydantic event model and a callable key."""
-    with pytest.raises(ValueError, match=r"^Pipeline name must be a non-empty string, got ''$"):
+    with pytest.raises(aw.InvalidOption) as name:
         aw.Pipeline("", event=Ev, key=lambda e: e.id)
-    with pytest.raises(TypeError) as info:
+    assert str(name.value) == (
+        "a pipeline name must be a non-empty str, got ''; e.g. "
+        "Pipeline('conversation.completed', event=..., key=...)"
+    )
+    with pytest.raises(aw.InvalidOption) as info:
         aw.Pipeline("x", event=dict, key=lambda e: e)  # type: ignore[type-var]
     assert str(info.value) == (
-        "Pipeline 'x': event must be a pydantic BaseModel subclass, got <class 'dict'>"
+        "Pipeline 'x': event must be a pydantic BaseModel subclass, got <class 'dict'>; pass "
+        "the model class, e.g. Pipeline('x', event=MyEvent, ...)"
     )
     with pytest.raises(aw.InvalidJob, match=r"^Pipeline 'x' key must be a function"):
         aw.Pipeline("x", event=Ev, key="id")  # type: ignore[arg-type]
+
+
+def _gen(event: Ev) -> Iterator[int]:
+    yield event.id
+
+
+async def _agen(event: Ev) -> AsyncIterator[int]:
+    yield event.id
+
+
+class _AsyncCallable:
+    async def __call__(self, event: Ev) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("fn", "kind"),
+    [(_gen, "a generator function"), (_agen, "an async generator function")],
+)
+def test_generator_jobs_are_refused_at_definition(fn: Callable[..., Any], kind: str) -> None:
+    """A generator body would never run (calling it only makes a generator): refused."""
+    pipeline = make_pipeline()
+    with pytest.raises(aw.InvalidJob) as info:
+        pipeline.job(fn)
+    assert str(info.value) == (
+        f"job {fn.__name__!r} {fn.__name__} is {kind}: calling it only creates a generator, "
+        "so its body would never run; make it a plain 'def' or 'async def' that does the work "
+        "(no 'yield')"
+    )
+
+
+def test_an_async_when_is_refused_and_async_callables_count_as_async() -> None:
+    """`when` must be a plain function; an object with an async __call__ is an async job."""
+    pipeline = make_pipeline()
+
+    async def maybe(event: Ev) -> bool:
+        return True
+
+    with pytest.raises(aw.InvalidJob) as info:
+        pipeline.job(name="j", when=maybe)(lambda e: None)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "job 'j': when=maybe is an async function, so calling it gives a coroutine, never a "
+        "bool; 'when' must be a plain function of the event, e.g. when=lambda event: not "
+        "event.reprocess"
+    )
+    pipeline.job(name="obj")(_AsyncCallable())
+    assert pipeline.jobs["obj"].is_async

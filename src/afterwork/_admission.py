@@ -1,37 +1,44 @@
 """Admission (G4): at most ``max_pending`` completions admitted and unfinished, and at most
 ``max_active`` of them running their jobs; the rest wait in a FIFO queue, holding only their
 event and a few small objects.
+
+This module only keeps the books. It never starts anything itself: ``admit`` and
+``finished`` return the completions that may start now, and the dispatcher starts them.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
 
-from ._completion import Completion
+if TYPE_CHECKING:
+    from ._completion import Completion
 
 
 class Admission:
     """Room for completions, and the order in which admitted ones start."""
 
-    def __init__(
-        self, max_pending: int, max_active: int, start: Callable[[Completion], None]
-    ) -> None:
+    def __init__(self, max_pending: int, max_active: int) -> None:
         self.max_pending = max_pending
         self.max_active = max_active
-        self.unfinished: set[Completion] = set()  # admitted and unfinished, queued or not
+        #: Admitted and unfinished, queued or running.
+        self.pending: set[Completion] = set()
         self._room = anyio.Semaphore(max_pending)
-        self._queued: deque[Completion] = deque()
+        self._queue: deque[Completion] = deque()
         self._active = 0
         self._waiters: set[anyio.CancelScope] = set()
-        self._start = start
 
     @property
     def queued(self) -> int:
-        return len(self._queued)
+        return len(self._queue)
+
+    @property
+    def can_start_now(self) -> bool:
+        """Whether one more completion would be admitted and start at once."""
+        return self._room.value > 0 and not self._queue and self._active < self.max_active
 
     def take_room_nowait(self) -> bool:
         """Take room for one completion if there is some now."""
@@ -61,21 +68,40 @@ class Admission:
         for scope in self._waiters:
             scope.cancel()
 
-    def admit(self, completion: Completion) -> None:
-        """Admit a completion whose room was taken; it starts now or once a place frees."""
-        self.unfinished.add(completion)
-        self._queued.append(completion)
-        self.start_queued()
+    def admit(self, completion: Completion, *, first: bool = False) -> list[Completion]:
+        """Admit a completion whose room was taken; return what may start now (``first``
+        puts it at the head of the queue)."""
+        self.pending.add(completion)
+        if first:
+            self._queue.appendleft(completion)
+        else:
+            self._queue.append(completion)
+        return self._startable()
 
-    def start_queued(self, *, all_of_them: bool = False) -> None:
-        """Start queued completions while fewer than ``max_active`` run (or all of them)."""
-        while self._queued and (all_of_them or self._active < self.max_active):
-            self._active += 1
-            self._start(self._queued.popleft())
-
-    def finished(self, completion: Completion) -> None:
-        """A started completion ended: free its room and its place."""
-        self.unfinished.discard(completion)
+    def finished(self, completion: Completion) -> list[Completion]:
+        """A started completion ended: free its room and its place; return what may start."""
+        self.pending.discard(completion)
         self._room.release()
         self._active -= 1
-        self.start_queued()
+        return self._startable()
+
+    def take_queued(self) -> list[Completion]:
+        """Take out every completion that has not started (a drain deadline): none will."""
+        queued = list(self._queue)
+        self._queue.clear()
+        for completion in queued:
+            self.pending.discard(completion)
+            self._room.release()
+        return queued
+
+    def set_max_active(self, max_active: int) -> list[Completion]:
+        """Change how many completions may run at once; return what may start now."""
+        self.max_active = max_active
+        return self._startable()
+
+    def _startable(self) -> list[Completion]:
+        ready = []
+        while self._queue and self._active < self.max_active:
+            self._active += 1
+            ready.append(self._queue.popleft())
+        return ready

@@ -6,12 +6,17 @@ out or is cancelled would then let a new thread start beside the old one, and th
 leak. So the caller never owns the token: a *runner* task in the budget's own task group does.
 The runner takes a token, starts the thread, waits for it to return and only then releases the
 token. The caller just waits for the runner's result, and can walk away (timeout, cancellation)
-without touching the token.
+without touching the token. Lane tokens follow the same rule: a ``Lease`` is given back only
+once its attempt has ended *and* every thread started under it has returned.
 
 The runner passes the budget's own limiter to ``anyio.to_thread.run_sync``, so a call never
 draws on anyio's default 40-token limiter as well. The runner is cancelled only when the
 dispatcher closes, after its drain: the one moment a token may go back before its thread
 returns, when nothing is left to take it.
+
+Whatever the called function raises, ``BaseException`` included, is caught in the worker
+thread and handed to the caller: anyio's worker and the runner never see it, so a job's
+``SystemExit`` or ``CancelledError`` can never pass for the dispatcher's own cancellation (G2).
 """
 
 from __future__ import annotations
@@ -20,16 +25,39 @@ import math
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from ._exceptions import DispatcherClosed, JobTimeout, UnknownLane
-from ._loopcall import call_soon_threadsafe
+from ._loop import call_soon_threadsafe
 
 T = TypeVar("T")
+
+
+class Lease:
+    """One lane token, held by an attempt and by every thread that attempt started."""
+
+    __slots__ = ("_holders", "_limiter")
+
+    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
+        self._limiter = limiter
+        self._holders = 1  # the attempt itself
+
+    async def acquire(self) -> None:
+        await self._limiter.acquire_on_behalf_of(self)
+
+    def hold(self) -> None:
+        """A thread starts under this lease: the token stays until it returns."""
+        self._holders += 1
+
+    def drop(self) -> None:
+        """The attempt ended, or one of its threads returned; the last one frees the token."""
+        self._holders -= 1
+        if self._holders == 0:
+            self._limiter.release_on_behalf_of(self)
 
 
 class _ThreadCall(Generic[T]):
@@ -42,38 +70,52 @@ class _ThreadCall(Generic[T]):
         "error",
         "finished",
         "fn",
+        "label",
+        "lease",
+        "running",
         "started",
-        "thread_running",
         "value",
     )
 
     def __init__(
-        self, budget: ThreadBudget, fn: Callable[..., T], args: tuple[object, ...], timed: bool
+        self,
+        budget: ThreadBudget,
+        fn: Callable[..., T],
+        args: tuple[object, ...],
+        *,
+        timed: bool,
+        lease: Lease | None,
+        label: str,
     ) -> None:
         self.budget = budget
-        self.fn = fn
-        self.args = args
+        self.fn: Callable[..., T] | None = fn
+        self.args: tuple[object, ...] = args
+        self.label = label
+        self.lease = lease
         # Only a timed call needs to know when its thread starts: its clock starts there.
         self.started = anyio.Event() if timed else None
         self.finished = anyio.Event()
         self.abandoned = False
-        # Written by the worker thread, read by stats(): a plain bool is atomic enough.
-        self.thread_running = False
+        # Written by the worker thread, read on the loop: a plain bool is atomic enough.
+        self.running = False
         self.value: T | None = None
         self.error: BaseException | None = None
 
-    def invoke(self) -> T | None:
+    def invoke(self) -> None:
         """Runs in the worker thread, which holds a budget token until this returns."""
-        if self.abandoned:
-            return None  # the caller left while this call queued for a token: do nothing
-        self.thread_running = True
+        fn = self.fn
+        if self.abandoned or fn is None:
+            return  # the caller left while this call queued for a token: do nothing
+        self.running = True
         self.budget.note_thread_started()
         if self.started is not None:
             call_soon_threadsafe(self.budget.token, self.started.set)
         try:
-            return self.fn(*self.args)
+            self.value = fn(*self.args)
+        except BaseException as error:  # every kind belongs to the caller (G2)
+            self.error = error
         finally:
-            self.thread_running = False
+            self.running = False
 
 
 class ThreadBudget:
@@ -85,7 +127,13 @@ class ThreadBudget:
         self._peak_lock = threading.Lock()
         self._tokens = anyio.CapacityLimiter(max_threads)
         self._runners: TaskGroup | None = None
-        self._overdue: set[_ThreadCall[object]] = set()
+        # Calls whose caller left while the thread still runs; pruned as each thread returns.
+        self._overdue: set[_ThreadCall[Any]] = set()
+        self._live: set[_ThreadCall[Any]] = set()
+        # Callers inside run_sync now, and an event set whenever there are none.
+        self._callers = 0
+        self._no_callers = anyio.Event()
+        self._no_callers.set()
 
     @property
     def busy(self) -> int:
@@ -93,16 +141,28 @@ class ThreadBudget:
         return int(self._tokens.borrowed_tokens)
 
     @property
+    def waiting(self) -> int:
+        """Calls queued for a token: the budget's backlog."""
+        return int(self._tokens.statistics().tasks_waiting)
+
+    @property
     def stuck(self) -> int:
-        """Threads still running after their caller's deadline passed."""
-        self._overdue = {call for call in self._overdue if call.thread_running}
-        return len(self._overdue)
+        """Threads still running after their caller timed out or was cancelled."""
+        return sum(1 for call in self._overdue if call.running)
+
+    def running_labels(self) -> list[str]:
+        """What each thread running now is doing (its job), for the close-time report."""
+        return sorted(call.label for call in self._live if call.running)
 
     async def __aenter__(self) -> ThreadBudget:
         self.token = anyio.lowlevel.current_token()
         self._runners = anyio.create_task_group()
         await self._runners.__aenter__()
         return self
+
+    async def wait_for_callers(self) -> None:
+        """Wait until no caller is waiting in ``run_sync`` (a drain lets them finish)."""
+        await self._no_callers.wait()
 
     def note_thread_started(self) -> None:
         """Called by each worker thread as it starts, while it holds its token."""
@@ -117,22 +177,36 @@ class ThreadBudget:
     ) -> bool | None:
         assert self._runners is not None
         # By now the drain is over: stop waiting for threads that still run (a hung job),
-        # and let them finish unattended. Only here may the group's scope be cancelled, since
-        # before exit it also encloses the code inside ``async with Dispatcher()``.
+        # and let them finish unattended.
         self._runners.cancel_scope.cancel()
         return await self._runners.__aexit__(exc_type, exc, tb)
 
     async def run_sync(
-        self, fn: Callable[..., T], *args: object, timeout: float | None = None
+        self,
+        fn: Callable[..., T],
+        *args: object,
+        timeout: float | None = None,
+        lease: Lease | None = None,
+        label: str = "",
     ) -> T:
         """Run ``fn(*args)`` in a worker thread under the budget and return its result.
 
         ``timeout`` starts when the thread starts: waiting for a token does not count. Past it
-        the caller gets ``JobTimeout`` and the thread runs on, still holding its token.
+        the caller gets ``JobTimeout`` and the thread runs on, still holding its token (and
+        ``lease``'s lane token).
         """
         assert self._runners is not None, "the budget is used only inside the dispatcher"
-        call: _ThreadCall[T] = _ThreadCall(self, fn, args, timeout is not None)
+        call: _ThreadCall[T] = _ThreadCall(
+            self, fn, args, timed=timeout is not None, lease=lease, label=label or _name_of(fn)
+        )
+        if lease is not None:
+            lease.hold()
+        self._live.add(call)
+        # Started from the caller's task, so the thread runs in the caller's context (G8).
         self._runners.start_soon(self._run, call)
+        self._callers += 1
+        if self._callers == 1:
+            self._no_callers = anyio.Event()
         try:
             if call.started is None:
                 await call.finished.wait()
@@ -141,35 +215,46 @@ class ThreadBudget:
                 with anyio.move_on_after(timeout if timeout is not None else math.inf):
                     await call.finished.wait()
         except BaseException:
-            call.abandoned = True
+            self._leave(call)
             raise
+        finally:
+            self._callers -= 1
+            if self._callers == 0:
+                self._no_callers.set()
         if not call.finished.is_set():
-            call.abandoned = True
-            self._overdue.add(call)  # type: ignore[arg-type]
-            raise JobTimeout(f"{_name_of(fn)} ran past its timeout of {timeout} s")
-        if call.error is not None:
-            error, call.error = call.error, None
+            self._leave(call)
+            raise JobTimeout(f"{label or _name_of(fn)} ran past its timeout of {timeout:g} s")
+        error, call.error = call.error, None
+        if error is not None:
             raise error
-        return call.value  # type: ignore[return-value]
+        value, call.value = call.value, None
+        return value  # type: ignore[return-value]
 
-    async def _run(self, call: _ThreadCall[T]) -> None:
+    def _leave(self, call: _ThreadCall[Any]) -> None:
+        call.abandoned = True
+        if not call.finished.is_set():
+            self._overdue.add(call)
+
+    async def _run(self, call: _ThreadCall[Any]) -> None:
         # The runner, not the caller, owns the token: anyio takes it for this task and gives
         # it back only when the thread returns, whatever happens to the caller meanwhile.
         try:
-            call.value = await anyio.to_thread.run_sync(
+            await anyio.to_thread.run_sync(
                 call.invoke, limiter=self._tokens, abandon_on_cancel=True
             )
         except anyio.get_cancelled_exc_class():
             call.error = DispatcherClosed(
-                f"the dispatcher closed while {_name_of(call.fn)} was still running; "
+                f"the dispatcher closed while {call.label} was still running; "
                 "its thread runs on unattended"
             )
             raise
-        except BaseException as error:
-            if call.abandoned and not isinstance(error, Exception):
-                raise  # KeyboardInterrupt or SystemExit with nobody left to receive it
-            call.error = error
         finally:
+            # The thread has returned (or the dispatcher closed): keep nothing of the job.
+            call.fn, call.args = None, ()
+            self._overdue.discard(call)
+            self._live.discard(call)
+            if call.lease is not None:
+                call.lease.drop()
             call.finished.set()
 
 
@@ -183,11 +268,15 @@ class Lanes:
     def __init__(self, sizes: dict[str, int]) -> None:
         self._limiters = {name: anyio.CapacityLimiter(size) for name, size in sizes.items()}
 
-    def get(self, lane: str) -> anyio.CapacityLimiter:
+    async def lease(self, lane: str) -> Lease:
+        """Wait for a token of ``lane``, held by the returned lease until it is dropped."""
         try:
-            return self._limiters[lane]
+            limiter = self._limiters[lane]
         except KeyError:
             raise UnknownLane(self.unknown_message(lane)) from None
+        lease = Lease(limiter)
+        await lease.acquire()
+        return lease
 
     def check(self, lanes: set[str]) -> None:
         """Raise ``UnknownLane`` for the first lane in ``lanes`` this dispatcher lacks."""
@@ -198,5 +287,5 @@ class Lanes:
         known = ", ".join(sorted(self._limiters)) or "none"
         return (
             f"lane {lane!r} is not configured on this dispatcher (its lanes: {known}); "
-            f"pass lanes={{{lane!r}: N}} to Dispatcher(...)"
+            f"pass it with a size, e.g. Dispatcher(lanes={{{lane!r}: 6}})"
         )

@@ -1,97 +1,57 @@
-"""One completion: one event through one pipeline, as one task group of jobs and children."""
+"""One completion: one event through one pipeline, as one task group of jobs and children.
+
+A completion runs what its ``Plan`` says: every job for a fresh admission, or only the jobs
+that had not finished, for a replay after a restart or the follow-up of a parked job. The same
+rules hold for a job's retry in place: a child that already succeeded (or was skipped) is not
+run again when its parent spawns it again; one that failed, timed out or never finished runs
+again.
+"""
 
 from __future__ import annotations
 
-import functools
-import random
+import contextvars
 import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
 from pydantic import BaseModel
-from structlog.typing import FilteringBoundLogger
 
-from ._budget import Lanes, ThreadBudget
-from ._context import JobContext
-from ._exceptions import DuplicateJob, JobTimeout
+from . import _options
+from ._exceptions import DuplicateJob, JournalError, UsageError
+from ._job import run_job
 from ._models import JobOutcome, JobStatus, Report
 from ._pipeline import JobSpec, callable_name, check_callable, is_async_callable
+from ._runtime import Durable, Runtime
 
 if TYPE_CHECKING:
+    from ._context import JobContext
     from ._pipeline import Pipeline
 
-# Backoff never grows past this, however many retries a job asks for.
-MAX_BACKOFF_S = 60.0
+
+@dataclass(frozen=True)
+class Plan:
+    """What a completion runs, and what it knows from before."""
+
+    #: The top-level jobs to run; None runs every job of the pipeline.
+    only: frozenset[str] | None = None
+    #: Final outcomes recorded before (a replay, or the parent's children for a follow-up).
+    prior: Mapping[str, JobOutcome] = field(default_factory=dict)
+    #: Attempts already made by jobs that continue (a parked job keeps its count).
+    attempts: Mapping[str, int] = field(default_factory=dict)
+    #: A replay after a restart: the report carries the prior outcomes too.
+    replayed: bool = False
+    #: The follow-up of a parked job.
+    followup: bool = False
+
+    def runs(self, pipeline: Pipeline[Any]) -> list[str]:
+        return [name for name in pipeline.jobs if self.only is None or name in self.only]
 
 
-class Recorder(Protocol):
-    """Where admissions and outcomes go as they happen (the journal's seam)."""
-
-    def admitted(self, completion: Completion) -> Callable[[], Awaitable[object]] | None:
-        """Queue the admission's write; the result, awaited, returns once it is on disk."""
-        ...
-
-    def child_spawned(self, completion: Completion, job: str) -> None: ...
-
-    def job_finished(self, completion: Completion, outcome: JobOutcome) -> None: ...
-
-    def completion_finished(self, completion: Completion, report: Report) -> None: ...
-
-
-class NullRecorder:
-    """Records nothing: the dispatcher without a journal."""
-
-    def admitted(self, completion: Completion) -> Callable[[], Awaitable[object]] | None:
-        return None
-
-    def child_spawned(self, completion: Completion, job: str) -> None:
-        pass
-
-    def job_finished(self, completion: Completion, outcome: JobOutcome) -> None:
-        pass
-
-    def completion_finished(self, completion: Completion, report: Report) -> None:
-        pass
-
-
-@dataclass
-class Counters:
-    """The dispatcher's running totals; ``Dispatcher.stats()`` copies them into a Stats."""
-
-    admitted: int = 0
-    completed: int = 0
-    running: int = 0
-    retried: int = 0
-    by_status: dict[JobStatus, int] = field(
-        default_factory=lambda: dict.fromkeys(
-            ("succeeded", "failed", "timed_out", "skipped", "cancelled"), 0
-        )
-    )
-
-
-@dataclass
-class Runtime:
-    """What every completion of one dispatcher shares."""
-
-    budget: ThreadBudget
-    lanes: Lanes
-    counters: Counters
-    log: FilteringBoundLogger
-    recorder: Recorder
-
-
-def backoff_delay(spec: JobSpec, failed_attempt: int) -> float:
-    """Exponential backoff with "equal jitter": half the step fixed, half random."""
-    step = min(MAX_BACKOFF_S, spec.backoff * 2 ** (failed_attempt - 1))
-    return float(step / 2 + random.uniform(0, step / 2))
-
-
-def error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+FRESH = Plan()
 
 
 class Completion:
@@ -104,185 +64,220 @@ class Completion:
         event: BaseModel,
         key: str,
         *,
-        cid: str | None = None,
-        only: set[str] | None = None,
-        finished_children: frozenset[str] = frozenset(),
+        plan: Plan = FRESH,
+        completion_id: str | None = None,
+        context: contextvars.Context | None = None,
+        encoded: bytes | None = None,
+        due_at: datetime | None = None,
     ) -> None:
         self.runtime = runtime
-        # A replayed completion keeps its journal id, and runs only what had not finished.
-        self.id = cid if cid is not None else uuid.uuid4().hex
-        self.replayed = cid is not None
-        self._only = only
-        self._finished_children = finished_children
+        self.id = completion_id if completion_id is not None else uuid.uuid4().hex
         self.pipeline = pipeline
         self.key = key
         self.event: BaseModel | None = event
+        #: The event as the journal keeps it (None without a journal).
+        self.encoded = encoded
+        self.plan = plan
+        #: The context the completion's jobs run in: the submitter's, captured at admission.
+        self.context = context if context is not None else contextvars.copy_context()
+        #: For delayed work: when it may start (UTC); None starts as soon as there is room.
+        self.due_at = due_at
         self.scope = anyio.CancelScope()
         # Known before it starts, so a drain can name the jobs of a completion still queued.
-        self.unfinished: set[str] = {name for name in pipeline.jobs if only is None or name in only}
+        self.unfinished: set[str] = set(plan.runs(pipeline))
         self.report: Report | None = None
         self.done = anyio.Event()
-        # Awaited by submit: returns once the journal has the admission on disk.
-        self.durable: Callable[[], Awaitable[object]] | None = None
-        self._outcomes: list[JobOutcome] = []
+        #: Awaited by submit: returns once the journal has the admission on disk.
+        self.durable: Durable | None = None
+        self.followups: list[Completion] = []
+        self._outcomes: dict[str, JobOutcome] = {}
+        self._spawned_by: dict[str, JobContext] = {}
         self._group: TaskGroup | None = None
 
     def __repr__(self) -> str:
         return f"<Completion {self.pipeline.name}:{self.key} unfinished={sorted(self.unfinished)}>"
 
-    async def run(self) -> Report:
-        """Run every job (on replay: the unfinished ones) and their children."""
+    @property
+    def label(self) -> str:
+        return f"{self.pipeline.name}:{self.key}"
+
+    async def run(self, start_mark: Durable | None = None) -> Report:
+        """Run the planned jobs and their children; return the report. Waiters are woken
+        later, by ``resolve``, once the report has been handed on.
+
+        ``start_mark``, awaited before any job starts, returns once the journal has the
+        completion marked as running; if the journal cannot record that, nothing runs.
+        """
+        not_started: str | None = None
         try:
             with self.scope:
+                if start_mark is not None:
+                    await start_mark()
                 async with anyio.create_task_group() as group:
                     self._group = group
-                    for spec in self.pipeline.jobs.values():
-                        if self._only is None or spec.name in self._only:
-                            self._start(spec, (self.event,))
+                    for name in self.plan.runs(self.pipeline):
+                        spec = self.pipeline.spec(name)
+                        assert spec is not None
+                        self._start(spec, (self.event,))
+        except JournalError as error:
+            not_started = f"JournalError: not started: {error}"
         finally:
-            # Drop the event now: a finished completion must not keep it alive (G4).
-            self.event = self._group = None
-            for name in sorted(self.unfinished):  # never started: cancelled before its turn
-                self._record(name, "cancelled", 0, 0.0, None)
-            self.report = Report(
-                pipeline=self.pipeline.name,
-                key=self.key,
-                ok=all(o.status in ("succeeded", "skipped") for o in self._outcomes),
-                outcomes=tuple(self._outcomes),
-                replayed=self.replayed,
-            )
-            self.runtime.recorder.completion_finished(self, self.report)
-            self.done.set()
+            self._group = None
+            for name in sorted(self.unfinished):  # never started: stopped before its turn
+                self.record(_cancelled(name, not_started))
+            self.followups = self._make_followups()
+            self.report = self._make_report()
+            # A finished completion keeps nothing of its event (G4).
+            self.event = self.encoded = None
+            self._spawned_by.clear()
         return self.report
 
+    def give_up(self, error: str) -> Report:
+        """Finish without running anything: every planned job failed with ``error``."""
+        for name in sorted(self.unfinished):
+            self.record(
+                JobOutcome(
+                    job=name, status=JobStatus.FAILED, attempts=0, duration_s=0.0, error=error
+                )
+            )
+        return self._finish_unrun()
+
+    def never_started(self) -> Report:
+        """Finish without running anything (a drain deadline came first): every planned job
+        is reported cancelled."""
+        for name in sorted(self.unfinished):
+            self.record(_cancelled(name, None))
+        return self._finish_unrun()
+
+    def _finish_unrun(self) -> Report:
+        self.report = self._make_report()
+        self.event = self.encoded = None
+        return self.report
+
+    def resolve(self, report: Report) -> None:
+        """Wake everyone waiting on this completion. The dispatcher calls it only after the
+        report has been handed to ``on_report`` and recorded."""
+        self.report = report
+        # Keep nothing that belongs to the submitter or the journal (G4).
+        self.context = contextvars.Context()
+        self.followups = []
+        self.durable = None
+        self.done.set()
+
     def spawn(
-        self, parent: str, fn: Callable[..., Any], args: tuple[object, ...], name: str | None
+        self, parent: JobContext, fn: Callable[..., Any], args: tuple[object, ...], name: str | None
     ) -> None:
-        """Start the child ``fn(*args)`` of job ``parent`` in this completion's task group."""
+        """Start the child ``fn(*args)`` of the job behind ``parent`` in this task group."""
         if self._group is None:
-            raise RuntimeError(
-                f"job {parent!r} of {self.pipeline.name}:{self.key} spawned a child after the "
-                "completion finished (it outlived its timeout?); the child was not started"
+            raise UsageError(
+                f"job {parent.job!r} of {self.label} spawned a child after the completion "
+                "finished; the child was not started"
             )
-        spec = self.pipeline.jobs.get(parent.split("/")[0])
-        assert spec is not None
-        wants_ctx = check_callable(fn, what=f"child of job {parent!r}", n_args=len(args))
-        child = f"{parent}/{name if name is not None else callable_name(fn)}"
-        if child in self.unfinished or any(o.job == child for o in self._outcomes):
-            raise DuplicateJob(
-                f"child {child!r} was already spawned in {self.pipeline.name}:{self.key}; "
-                "give each child its own name with ctx.spawn(fn, *args, name=...)"
-            )
-        self.runtime.recorder.child_spawned(self, child)
-        if child in self._finished_children:
-            return  # it finished before a restart: at-least-once, not twice-for-nothing
-        # A child inherits its parent's timeout, retries, backoff and lane, but not `when`.
-        child_spec = replace(
-            spec,
-            name=child,
-            fn=fn,
-            is_async=is_async_callable(fn),
-            wants_ctx=wants_ctx,
-            when=None,
+        parent.check_open("spawn")
+        child_name = _options.name(
+            f"a child name of job {parent.job!r}",
+            name if name is not None else callable_name(fn),
+            "pass ctx.spawn(fn, *args, name='persona-1'), a name without '/'",
         )
-        self._start(child_spec, args)
+        child = f"{parent.job}/{child_name}"
+        top = self.pipeline.spec(parent.job.split("/")[0])
+        assert top is not None
+        wants_ctx = check_callable(fn, what=f"child {child!r}", n_args=len(args))
+        if self._spawned_by.get(child) is parent:
+            raise DuplicateJob(
+                f"child {child!r} was already spawned by this attempt of {parent.job!r} in "
+                f"{self.label}; give each child its own name with ctx.spawn(fn, *args, name=...)"
+            )
+        self._spawned_by[child] = parent
+        if self._runs_already(child):
+            return
+        self.runtime.recorder.child_spawned(self, child)
+        # A child inherits its parent's timeout, retries, backoff and lane, but not `when`.
+        spec = replace(
+            top, name=child, fn=fn, is_async=is_async_callable(fn), wants_ctx=wants_ctx, when=None
+        )
+        self._start(spec, args)
+
+    def _runs_already(self, child: str) -> bool:
+        """Whether a respawned child is left alone: still running from an earlier attempt,
+        or done (succeeded or skipped) in this run or before a restart or a parking."""
+        if child in self.unfinished:
+            return True
+        done = self._outcomes.get(child) or self.plan.prior.get(child)
+        return done is not None and done.status.is_ok
 
     def _start(self, spec: JobSpec, args: tuple[object, ...]) -> None:
         assert self._group is not None
         self.unfinished.add(spec.name)
-        self._group.start_soon(self._run_job, spec, args, name=f"afterwork:{spec.name}")
-
-    async def _run_job(self, spec: JobSpec, args: tuple[object, ...]) -> None:
-        log = self.runtime.log.bind(pipeline=self.pipeline.name, job=spec.name, key=self.key)
-        started = anyio.current_time()
-        attempt = 0
-        try:
-            if spec.when is not None and not spec.when(args[0]):
-                self._record(spec.name, "skipped", 0, 0.0, None)
-                log.info("job.skipped", attempt=0)
-                return
-            lane: AbstractAsyncContextManager[Any] = (
-                self.runtime.lanes.get(spec.lane) if spec.lane is not None else nullcontext()
-            )
-            while True:
-                attempt += 1
-                try:
-                    async with lane:
-                        await self._attempt(spec, args, attempt, log)
-                except Exception as error:
-                    if attempt <= spec.retries:
-                        await self._before_retry(spec, attempt, error, log)
-                        continue
-                    self._fail(spec, attempt, started, error, log)
-                    return
-                duration = anyio.current_time() - started
-                self._record(spec.name, "succeeded", attempt, duration, None)
-                log.info("job.succeeded", attempt=attempt, duration_s=round(duration, 6))
-                return
-        except Exception as error:  # `when` raised, or the lane is unknown
-            self._fail(spec, attempt, started, error, log)
-        except BaseException:
-            self._record(spec.name, "cancelled", attempt, anyio.current_time() - started, None)
-            raise
-
-    async def _attempt(
-        self, spec: JobSpec, args: tuple[object, ...], attempt: int, log: FilteringBoundLogger
-    ) -> None:
-        counters = self.runtime.counters
-        counters.running += 1
-        try:
-            call: Callable[..., Any] = spec.fn
-            if spec.wants_ctx:
-                ctx = JobContext(self, spec.name, attempt, log.bind(attempt=attempt))
-                call = functools.partial(spec.fn, ctx=ctx)
-            if not spec.is_async:
-                await self.runtime.budget.run_sync(call, *args, timeout=spec.timeout)
-                return
-            with anyio.move_on_after(spec.timeout if spec.timeout is not None else float("inf")):
-                await call(*args)
-                return
-            raise JobTimeout(f"{spec.name} ran past its timeout of {spec.timeout} s")
-        finally:
-            counters.running -= 1
-
-    async def _before_retry(
-        self, spec: JobSpec, attempt: int, error: Exception, log: FilteringBoundLogger
-    ) -> None:
-        delay = backoff_delay(spec, attempt)
-        self.runtime.counters.retried += 1
-        log.warning(
-            "job.retrying", attempt=attempt, error=error_text(error), delay_s=round(delay, 3)
+        self._group.start_soon(
+            run_job,
+            self,
+            spec,
+            args,
+            self.plan.attempts.get(spec.name, 0),
+            name=f"afterwork:{spec.name}",
         )
-        await anyio.sleep(delay)
 
-    def _fail(
-        self,
-        spec: JobSpec,
-        attempt: int,
-        started: float,
-        error: Exception,
-        log: FilteringBoundLogger,
-    ) -> None:
-        duration = anyio.current_time() - started
-        if isinstance(error, JobTimeout):
-            self._record(spec.name, "timed_out", attempt, duration, error_text(error))
-            log.warning(
-                "job.timed_out",
-                attempt=attempt,
-                duration_s=round(duration, 6),
-                timeout_s=spec.timeout,
-            )
-        else:
-            self._record(spec.name, "failed", attempt, duration, error_text(error))
-            log.error("job.failed", attempt=attempt, duration_s=round(duration, 6), exc_info=error)
-
-    def _record(
-        self, job: str, status: JobStatus, attempts: int, duration: float, error: str | None
-    ) -> None:
-        outcome = JobOutcome(
-            job=job, status=status, attempts=attempts, duration_s=round(duration, 6), error=error
-        )
-        self.unfinished.discard(job)
-        self._outcomes.append(outcome)
-        self.runtime.counters.by_status[status] += 1
+    def record(self, outcome: JobOutcome) -> None:
+        """Keep a job's outcome; a child run again replaces its earlier one."""
+        self.unfinished.discard(outcome.job)
+        self._outcomes.pop(outcome.job, None)
+        self._outcomes[outcome.job] = outcome
+        self.runtime.counters.by_status[outcome.status] += 1
         self.runtime.recorder.job_finished(self, outcome)
+
+    def _make_report(self) -> Report:
+        outcomes = list(self._outcomes.values())
+        if self.plan.replayed:
+            earlier = [o for job, o in self.plan.prior.items() if job not in self._outcomes]
+            outcomes = earlier + outcomes
+        return Report(
+            pipeline=self.pipeline.name,
+            key=self.key,
+            ok=all(o.status.is_ok for o in outcomes),
+            outcomes=tuple(outcomes),
+            replayed=self.plan.replayed,
+            followup=self.plan.followup,
+        )
+
+    def _make_followups(self) -> list[Completion]:
+        """A follow-up per top-level job with parked parts: the job itself, or its children
+        (then the parent runs again and respawns them, as on replay)."""
+        deferred: dict[str, list[JobOutcome]] = {}
+        for outcome in self._outcomes.values():
+            if outcome.status is JobStatus.DEFERRED:
+                deferred.setdefault(outcome.job.split("/")[0], []).append(outcome)
+        # Each parked job took a max_delayed slot; one follow-up per top-level job keeps one.
+        for _ in range(sum(map(len, deferred.values())) - len(deferred)):
+            self.runtime.delayed.give_back_slot()
+        assert self.event is not None or not deferred
+        return [self._followup(top, parked) for top, parked in deferred.items()]
+
+    def _followup(self, top: str, parked: list[JobOutcome]) -> Completion:
+        prefix = top + "/"
+        prior = {
+            job: outcome
+            for job, outcome in self._outcomes.items()
+            if (job == top or job.startswith(prefix)) and outcome.status.is_final
+        }
+        due = max(o.retry_at or datetime.now(UTC) for o in parked)
+        assert self.event is not None
+        return Completion(
+            self.runtime,
+            self.pipeline,
+            self.event,
+            self.key,
+            plan=Plan(
+                only=frozenset({top}),
+                prior=prior,
+                attempts={o.job: o.attempts for o in parked},
+                followup=True,
+            ),
+            context=self.context.copy(),
+            encoded=self.encoded,
+            due_at=due,
+        )
+
+
+def _cancelled(job: str, error: str | None) -> JobOutcome:
+    return JobOutcome(job=job, status=JobStatus.CANCELLED, attempts=0, duration_s=0.0, error=error)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from ._completion import Completion
 from ._models import Report
 
@@ -26,9 +28,19 @@ class Handle:
     def key(self) -> str:
         return self._completion.key
 
+    @property
+    def due_at(self) -> datetime | None:
+        """For delayed work or a parked job's follow-up: when it starts (UTC), else None."""
+        return self._completion.due_at
+
+    @property
+    def followup(self) -> bool:
+        """True for the follow-up of a parked job."""
+        return self._completion.plan.followup
+
     def done(self) -> bool:
-        """True once every job of the completion has an outcome."""
-        return self._completion.report is not None
+        """True once the completion has finished and its report was handed on."""
+        return self._completion.done.is_set()
 
     async def wait(self) -> Report:
         """Wait for the completion to finish and return its report. Never raises job errors."""

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -94,7 +95,7 @@ def _run_server(settings: ServiceSettings) -> None:
 
     from .conversations import configure_logging, create_app
 
-    configure_logging()
+    configure_logging(level=logging.getLevelNamesMapping()[settings.log_level.upper()])
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,

@@ -26,7 +26,7 @@ from afterwork.conversations import (
     build_pipeline,
 )
 from afterwork.conversations._receiver import Receiver
-from afterwork.conversations._serving import base_url
+from afterwork.testing import base_url
 
 MOMENT = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
 

@@ -25,7 +25,7 @@ from afterwork.conversations import (
     create_app,
 )
 from afterwork.conversations._service import Service, run_service
-from afterwork.conversations._serving import base_url, serving
+from afterwork.testing import base_url, serving
 from tests.helpers import wait_until
 
 from .conftest import GateExtractor, completed, conversation
@@ -69,7 +69,9 @@ async def test_a_completion_is_accepted_then_processed(tmp_path: Path) -> None:
             "reprocess": False,
         }
         assert response.headers["Location"] == "/v1/conversations/c1/processing"
-        await wait_until(lambda: not running.store.count("reports_due"), "the report was saved")
+        await wait_until(
+            lambda: not running.dispatcher.unfinished(running.pipeline, "c1"), "c1 to finish"
+        )
         status = (await client.get("/v1/conversations/c1/processing")).json()
     assert status["state"] == "finished"
     assert status["ok"] is True
@@ -260,18 +262,6 @@ async def test_the_journal_is_on_by_default_beside_the_database(tmp_path: Path) 
     assert sorted(p.name for p in off_dir.iterdir() if "journal" in p.name) == []
 
 
-async def test_a_conversation_due_at_start_but_not_journaled_runs_again(tmp_path: Path) -> None:
-    """A report lost after its jobs ran (killed between the journal and the save) is redone."""
-    store = Store(tmp_path / "service.db")
-    store.initialise()
-    _outcomes.receive(store, completed(conversation("c9", user=("I love tea.",))))
-    async with service(tmp_path) as (client, running):
-        await wait_until(lambda: not running.store.count("reports_due"), "the report was saved")
-        status = (await client.get("/v1/conversations/c9/processing")).json()
-    assert (status["state"], status["ok"]) == ("finished", True)
-    assert sorted(o["job"] for o in status["outcomes"]) == sorted(JOBS)
-
-
 async def test_a_file_in_the_journals_place_stops_the_start_naming_the_setting(
     tmp_path: Path,
 ) -> None:
@@ -283,9 +273,9 @@ async def test_a_file_in_the_journals_place_stops_the_start_naming_the_setting(
         async with run_service(create_app(settings), settings):
             pass
     assert str(info.value) == (
-        f"{str(path)!r} is not an afterwork journal (SQLite: file is not a database); the "
-        "file was left untouched: move it away or pass journal= another path. The service "
-        "keeps its journal beside AFTERWORK_DB (--db): choose another database, or run "
-        "without a journal (AFTERWORK_JOURNAL=false, --no-journal)"
+        f"{str(path)!r} cannot be used as a journal: SQLite cannot read it (file is not a "
+        "database); it was left untouched: move it away, or pass journal= another path. The "
+        "service keeps its journal beside AFTERWORK_DB (--db): choose another database, or "
+        "run without a journal (AFTERWORK_JOURNAL=false, --no-journal)"
     )
     assert path.read_text() == "notes"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -53,10 +54,8 @@ async def completed(request: Request, event: ConversationCompleted, wait: bool =
     status_url = f"/v1/conversations/{event.conversation.id}/processing"
     if wait:
         report = await handle.wait()
-        # The dispatcher queues each report for saving (on_report) before it wakes anyone
-        # waiting on the handle, so this includes this report. It is saved even when the
-        # caller hangs up mid-wait.
-        await service.reports.flushed()
+        # The dispatcher wakes those waiting on the handle only once on_report has saved
+        # the report, so the processing endpoint already shows it.
         return JSONResponse(report.model_dump(mode="json"), status_code=200)
     return JSONResponse(
         {"key": handle.key, "status_url": status_url, "reprocess": event.reprocess},
@@ -68,17 +67,28 @@ async def completed(request: Request, event: ConversationCompleted, wait: bool =
 async def processing(request: Request, conversation_id: str) -> Response:
     """The persisted job outcomes of one conversation."""
     service = _service(request)
-    record = await service.blocking(_outcomes.processing, service.store, conversation_id)
-    if record is None:
+    outcomes = await service.blocking(_outcomes.processing, service.store, conversation_id)
+    if outcomes is None:
         return JSONResponse(
             {"detail": f"no conversation {conversation_id!r}; POST it to "
              "/v1/conversations/completed first"},
             status_code=404,
         )  # fmt: skip
-    outcomes = record.outcomes
-    state = "processing" if record.due else "finished" if outcomes else "not_processed"
-    ok = bool(outcomes) and all(o["status"] in ("succeeded", "skipped") for o in outcomes)
-    return JSONResponse({"id": conversation_id, "state": state, "ok": ok, "outcomes": outcomes})
+    unfinished = service.dispatcher.unfinished(service.pipeline, conversation_id)
+    now = datetime.now(UTC)
+    waiting = [h.due_at for h in unfinished if h.due_at is not None and h.due_at > now]
+    retry_at = None
+    if len(waiting) < len(unfinished):
+        state = "processing"
+    elif waiting:
+        state, retry_at = "deferred", min(waiting).isoformat()
+    else:
+        state = "finished" if outcomes else "not_processed"
+    ok = state == "finished" and all(aw.JobStatus(o["status"]).is_ok for o in outcomes)
+    return JSONResponse(
+        {"id": conversation_id, "state": state, "ok": ok, "retry_at": retry_at,
+         "outcomes": outcomes}
+    )  # fmt: skip
 
 
 async def stats(request: Request) -> Response:

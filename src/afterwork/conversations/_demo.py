@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.live import Live
 
 import afterwork as aw
+from afterwork.testing import base_url, serving
 
 from . import _demo_data as data
 from ._app import create_app
@@ -37,7 +38,6 @@ from ._demo_view import Progress, plot, print_summary, summary_tables
 from ._logging import configure_logging
 from ._models import ConversationCompleted
 from ._receiver import Receiver
-from ._serving import base_url, serving
 from ._settings import ServiceSettings
 from ._store import Store
 

@@ -7,9 +7,7 @@ that merely finishes is not taken for one that did the work.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +63,7 @@ def journal_left(settings: ServiceSettings) -> int:
     """Completions the journal still holds: 0 after a drain that finished everything."""
     if not settings.journal_path.is_file():
         return -1  # the journal was never opened: that is a failure too
-    with closing(sqlite3.connect(settings.journal_path)) as conn:
-        return int(conn.execute("SELECT count(*) FROM completions").fetchone()[0])
+    return len(aw.SqliteJournal(settings.journal_path).unfinished())
 
 
 def request_ids_carried(log_path: Path) -> tuple[int, int]:

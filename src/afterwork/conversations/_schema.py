@@ -118,15 +118,9 @@ CREATE TABLE IF NOT EXISTS job_outcomes (
     attempts         INTEGER NOT NULL,
     duration_s       REAL NOT NULL,
     error            TEXT,
+    retry_at         TEXT,
     finished_at      TEXT NOT NULL,
     PRIMARY KEY (conversation_id, job)
-);
--- Conversations admitted whose report is not saved yet, with how many admissions are open:
--- the "processing" state, and what a restart must account for.
-CREATE TABLE IF NOT EXISTS reports_due (
-    conversation_id  TEXT PRIMARY KEY,
-    reprocess        INTEGER NOT NULL,
-    admissions       INTEGER NOT NULL
 );
 """
 
@@ -145,5 +139,4 @@ TABLES = (
     "webhook_dead_letters",
     "persona_updates",
     "job_outcomes",
-    "reports_due",
 )

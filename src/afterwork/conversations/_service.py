@@ -1,10 +1,11 @@
 """The running service: its store, HTTP client, dispatcher and pipeline, opened and closed
 together, with the report writer that persists each completion's report.
 
-On the way in, the store is put right after any crash (``_recovery``) before the dispatcher
-opens its journal and replays what had not finished. On the way out, the dispatcher drains
-first, while the HTTP client and the store are still open for the jobs that are finishing;
-then the report writer saves the last reports and stops.
+On the way in, the dispatcher opens its journal and replays what had not finished; each
+report, replayed ones included, is saved before the journal lets go of its completion
+(``on_report`` waits for the save), so nothing has to be reconciled after a crash. On the way
+out, the dispatcher drains first, while the HTTP client and the store are still open for the
+jobs that are finishing.
 
 Request handlers never borrow the jobs' thread budget: their blocking calls (the database) go
 through ``Service.blocking``, a limiter of their own (``request_threads``), so a budget that
@@ -16,7 +17,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import anyio
@@ -29,10 +29,9 @@ from afterwork.asgi import open_dispatcher
 
 from . import _outcomes
 from ._extractor import Extractor, RuleExtractor
-from ._jobs import PIPELINE, Services, build_pipeline
+from ._jobs import Services, build_pipeline
 from ._metrics import Metrics
 from ._models import ConversationCompleted
-from ._recovery import recover
 from ._reports import ReportWriter
 from ._settings import ServiceSettings
 from ._store import Store
@@ -66,11 +65,7 @@ class Service:
         dispatcher answers at once (503).
         """
         await self.blocking(_outcomes.receive, self.store, event)
-        try:
-            return await self.dispatcher.submit(self.pipeline, event, timeout=0)
-        except (aw.Overloaded, aw.DispatcherClosed):
-            await self.blocking(_outcomes.withdraw, self.store, event.conversation.id)
-            raise
+        return await self.dispatcher.submit(self.pipeline, event, timeout=0)
 
 
 def http_client(settings: ServiceSettings) -> httpx.AsyncClient:
@@ -96,22 +91,17 @@ def services_for(
     )
 
 
-async def check_journal(path: Path) -> None:
-    """Open and close the journal at ``path``: a file there that is not one stops the start.
-
-    The dispatcher would refuse it too, but from inside the service's task group, which an
-    error on entering the dispatcher leaves in a broken state; here it fails cleanly first.
-    """
-    probe = aw.SqliteJournal(path)
+@asynccontextmanager
+async def _journal_hint() -> AsyncIterator[None]:
+    """A journal refused at start gets the service's own fix added to its message."""
     try:
-        probe.open()
+        yield
     except aw.JournalError as error:
         raise aw.JournalError(
             f"{error}. The service keeps its journal beside AFTERWORK_DB (--db): choose "
             "another database, or run without a journal (AFTERWORK_JOURNAL=false, "
             "--no-journal)"
         ) from error
-    await probe.close()
 
 
 @asynccontextmanager
@@ -128,15 +118,12 @@ async def run_service(
         services = services_for(settings, client, extractor)
         store = services.store
         await anyio.to_thread.run_sync(store.initialise, limiter=limiter)
-        if journal is not None:
-            await check_journal(journal)
-        lost = await anyio.to_thread.run_sync(recover, store, journal, PIPELINE, limiter=limiter)
         pipeline = build_pipeline(services)
         reports = ReportWriter(store)
 
-        def on_report(report: aw.Report) -> None:  # replayed reports come here too
+        async def on_report(report: aw.Report) -> None:  # replayed reports come here too
             metrics.observe(report)
-            reports.put(report)
+            await reports.save(report)
 
         dispatcher = aw.Dispatcher(
             **settings.dispatcher_kwargs(),
@@ -145,30 +132,24 @@ async def run_service(
             on_report=on_report,
         )
         metrics = Metrics(dispatcher.stats)
-        async with anyio.create_task_group() as writer:
-            writer.start_soon(reports.run, name="afterwork:reports")
-            try:
-                async with open_dispatcher(app, dispatcher):
-                    for event in lost:  # their report was lost after their jobs ran: again
-                        await dispatcher.submit(pipeline, event)
-                    app.state.service = Service(
-                        settings=settings,
-                        store=store,
-                        dispatcher=dispatcher,
-                        pipeline=pipeline,
-                        metrics=metrics,
-                        reports=reports,
-                        request_limiter=limiter,
-                    )
-                    logger.info(
-                        "service.started",
-                        db=str(settings.db),
-                        journal=str(journal) if journal else None,
-                        resubmitted=len(lost),
-                        port=settings.port,
-                    )
-                    yield app.state.service
-            finally:
-                reports.close()  # the dispatcher has drained: no report comes after this
-                if hasattr(app.state, "service"):
-                    del app.state.service
+        try:
+            async with _journal_hint(), open_dispatcher(app, dispatcher):
+                app.state.service = Service(
+                    settings=settings,
+                    store=store,
+                    dispatcher=dispatcher,
+                    pipeline=pipeline,
+                    metrics=metrics,
+                    reports=reports,
+                    request_limiter=limiter,
+                )
+                logger.info(
+                    "service.started",
+                    db=str(settings.db),
+                    journal=str(journal) if journal else None,
+                    port=settings.port,
+                )
+                yield app.state.service
+        finally:
+            if hasattr(app.state, "service"):
+                del app.state.service

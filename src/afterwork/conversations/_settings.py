@@ -7,7 +7,7 @@ the service before it starts, with a message that names the variable to fix.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import SettingsError as SourceError
@@ -64,6 +64,9 @@ class ServiceSettings(aw.Settings):
     )
     max_body_bytes: int = Field(4_000_000, ge=1024, description="Largest request body (413).")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with a 503.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="The least severe log events written (debug adds each job's success)."
+    )
 
     @property
     def journal_path(self) -> Path:
