@@ -92,10 +92,19 @@ def test_request_threads_must_be_at_least_one(
     )
 
 
-def test_no_journal_flag_turns_the_journal_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_journal_flag_turns_the_journal_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """--no-journal reaches the settings; without it the journal is on, beside the db."""
     seen: list[ServiceSettings] = []
-    monkeypatch.setattr(cli, "_run_server", lambda settings: seen.append(settings))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").mkdir()
+
+    def run_server(settings: ServiceSettings) -> int:
+        seen.append(settings)
+        return 0
+
+    monkeypatch.setattr(cli, "_run_server", run_server)
     assert cli.main(["serve", "--no-journal", "--db", "var/s.db"]) == 0
     assert cli.main(["serve", "--db", "var/s.db"]) == 0
     assert [s.journal for s in seen] == [False, True]

@@ -37,6 +37,8 @@ def test_settings_read_afterwork_variables(monkeypatch: pytest.MonkeyPatch) -> N
         "max_threads": 8,
         "max_pending": 1000,
         "max_active": 256,
+        "max_delayed": 10_000,
+        "park_after": 5.0,
         "drain_timeout": 30.0,
         "lanes": {"llm": 6},
     }

@@ -147,8 +147,10 @@ class ThreadBudget:
 
     @property
     def stuck(self) -> int:
-        """Threads still running after their caller timed out or was cancelled."""
-        return sum(1 for call in self._overdue if call.running)
+        """Threads still running after their caller timed out or was cancelled (or, once the
+        dispatcher has closed, still running at all: abandoned)."""
+        self._overdue = {call for call in self._overdue if call.running}
+        return len(self._overdue)
 
     def running_labels(self) -> list[str]:
         """What each thread running now is doing (its job), for the close-time report."""
@@ -247,11 +249,14 @@ class ThreadBudget:
                 f"the dispatcher closed while {call.label} was still running; "
                 "its thread runs on unattended"
             )
+            # Abandoned: still counted (stuck) until its thread says it returned.
+            self._overdue.add(call)
             raise
+        else:
+            self._overdue.discard(call)
         finally:
             # The thread has returned (or the dispatcher closed): keep nothing of the job.
             call.fn, call.args = None, ()
-            self._overdue.discard(call)
             self._live.discard(call)
             if call.lease is not None:
                 call.lease.drop()

@@ -165,7 +165,12 @@ class Completion:
         self.done.set()
 
     def spawn(
-        self, parent: JobContext, fn: Callable[..., Any], args: tuple[object, ...], name: str | None
+        self,
+        parent: JobContext,
+        fn: Callable[..., Any],
+        args: tuple[object, ...],
+        name: str | None,
+        lane: str | None = None,
     ) -> None:
         """Start the child ``fn(*args)`` of the job behind ``parent`` in this task group."""
         if self._group is None:
@@ -183,6 +188,8 @@ class Completion:
         top = self.pipeline.spec(parent.job.split("/")[0])
         assert top is not None
         wants_ctx = check_callable(fn, what=f"child {child!r}", n_args=len(args))
+        if lane is not None:
+            self.runtime.lanes.check({_options.name("a child's lane", lane, "e.g. lane='http'")})
         if self._spawned_by.get(child) is parent:
             raise DuplicateJob(
                 f"child {child!r} was already spawned by this attempt of {parent.job!r} in "
@@ -194,7 +201,13 @@ class Completion:
         self.runtime.recorder.child_spawned(self, child)
         # A child inherits its parent's timeout, retries, backoff and lane, but not `when`.
         spec = replace(
-            top, name=child, fn=fn, is_async=is_async_callable(fn), wants_ctx=wants_ctx, when=None
+            top,
+            name=child,
+            fn=fn,
+            is_async=is_async_callable(fn),
+            wants_ctx=wants_ctx,
+            lane=top.lane if lane is None else lane,
+            when=None,
         )
         self._start(spec, args)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple, Unpack, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, TypeVarTuple, overload
 
 import anyio.from_thread
 from anyio import RunFinishedError
@@ -85,7 +85,7 @@ class JobContext:
                 "nothing was started: a job may start work only while it runs"
             )
 
-    async def run_sync(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+    async def run_sync(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run the blocking ``fn(*args)`` in a worker thread under the dispatcher's budget.
 
         The token is borrowed only while ``fn`` runs, so an async job holds none while it
@@ -98,28 +98,35 @@ class JobContext:
 
     @overload
     def spawn(
-        self, fn: Callable[[Unpack[Ts]], object], *args: *Ts, name: str | None = None
+        self,
+        fn: Callable[[*Ts], object],
+        *args: *Ts,
+        name: str | None = None,
+        lane: str | None = None,
     ) -> None: ...
 
     @overload
-    def spawn(self, fn: _TakesCtx[*Ts], *args: *Ts, name: str | None = None) -> None: ...
+    def spawn(
+        self, fn: _TakesCtx[*Ts], *args: *Ts, name: str | None = None, lane: str | None = None
+    ) -> None: ...
 
-    def spawn(self, fn: Any, *args: *Ts, name: str | None = None) -> None:
+    def spawn(self, fn: Any, *args: *Ts, name: str | None = None, lane: str | None = None) -> None:
         """Add the child job ``fn(*args)`` to this completion, named ``"{job}/{name}"``.
 
         The child runs concurrently under the same budget, with this job's timeout, retries
-        and lane, and is reported on its own. ``fn`` is sync or async and may declare a
-        ``ctx`` parameter. The parent does not wait for it, so a parent never holds a thread
-        token while its children queue for one. Callable from the job's task, its threads,
-        and threads those start.
+        and lane (or ``lane``: another of the dispatcher's lanes, so an HTTP call spawned by
+        an LLM job need not hold an LLM token), and is reported on its own. ``fn`` is sync or
+        async and may declare a ``ctx`` parameter. The parent does not wait for it, so a
+        parent never holds a thread token while its children queue for one. Callable from
+        the job's task, its threads, and threads those start.
         """
         completion = self._completion
         if threading.get_ident() == completion.runtime.loop_thread:
-            completion.spawn(self, fn, args, name)
+            completion.spawn(self, fn, args, name, lane)
             return
         try:
             anyio.from_thread.run_sync(
-                completion.spawn, self, fn, args, name, token=completion.runtime.token
+                completion.spawn, self, fn, args, name, lane, token=completion.runtime.token
             )
         except RunFinishedError:
             raise UsageError(

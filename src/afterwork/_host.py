@@ -32,9 +32,10 @@ from structlog.typing import FilteringBoundLogger
 from ._admission import Admission
 from ._budget import Lanes, ThreadBudget
 from ._completion import Completion
+from ._config import Config
 from ._delay import Delayed
+from ._exceptions import DispatcherClosed
 from ._job import run_job
-from ._journal import SqliteJournal
 from ._loop import protect_from_interrupts, spawn_unscoped
 from ._models import Report
 from ._runtime import Counters, Recorder, Runtime
@@ -52,35 +53,39 @@ current_host: contextvars.ContextVar[Host | None] = contextvars.ContextVar(
 Background = Callable[["Host"], Awaitable[None]]
 
 
+def closed_message(state: str, what: object) -> str:
+    name = getattr(what, "name", None) or getattr(what, "__name__", None) or str(what)
+    return (
+        f"cannot accept {name}: the dispatcher is {state} and admits no new "
+        "work; submit before aclose(), or to a new Dispatcher"
+    )
+
+
 class Host:
     """Runs completions in a task of its own; see the module docstring."""
 
     def __init__(
         self,
         *,
-        max_threads: int,
-        lanes: dict[str, int],
+        config: Config,
         admission: Admission,
         delayed: Delayed,
         counters: Counters,
         recorder: Recorder,
-        on_report: Callable[[Report], object],
-        drain_timeout: float,
-        journal: SqliteJournal | None,
         log: FilteringBoundLogger,
     ) -> None:
-        self.max_threads = max_threads
+        self.max_threads = config.max_threads
         self.admission = admission
         self.delayed = delayed
         self.counters = counters
         self.recorder = recorder
-        self.drain_timeout = drain_timeout
-        self.journal = journal
+        self.drain_timeout = config.drain_timeout
+        self.journal = config.journal
         self.log = log
         self.replaying = False
-        self._lanes = lanes
-        self._max_active = admission.max_active
-        self._on_report = on_report
+        self._lanes = dict(config.lanes)
+        self._max_active = config.max_active
+        self._on_report = config.on_report
         self._stop = anyio.Event()
         self._closed = anyio.Event()
         self._drained = anyio.Event()
@@ -90,6 +95,7 @@ class Host:
         self._background_scope = anyio.CancelScope()
         self._startup_error: BaseException | None = None
         self._task: object = None
+        self._abandoned: list[str] = []
         # Unfinished completions by (pipeline, key): admitted, delayed, or awaiting replay.
         self._by_key: dict[tuple[str, str], set[Completion]] = {}
         self.runtime: Runtime | None = None
@@ -98,7 +104,12 @@ class Host:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    async def start(self, background: Background | None, *, isolate: bool) -> None:
+    def open_or_raise(self, what: object) -> None:
+        """Raise ``DispatcherClosed`` once the drain has begun."""
+        if self._stop.is_set():
+            raise DispatcherClosed(closed_message("closed" if self.closed else "draining", what))
+
+    async def start(self, background: Background | None, isolate: bool) -> None:
         """Start the host task and wait until it runs (``isolate``: one completion at a time
         until ``end_isolation``, for the journal's crash suspects)."""
         if isolate:
@@ -138,6 +149,8 @@ class Host:
                 ready.set()
                 await self._stop.wait()
                 await self._drain()
+                # Named now: leaving the budget stops watching these threads.
+                self._abandoned = budget.running_labels()
                 group.cancel_scope.cancel()
         except BaseException as error:  # a host task must never raise
             if not ready.is_set():
@@ -162,6 +175,35 @@ class Host:
                         self.replaying = False
 
     # -- starting and finishing completions --------------------------------------------------
+
+    # -- room: max_pending for work due now, max_delayed for work that waits -----------------
+
+    def take_room_nowait(self, completion: Completion) -> bool:
+        if completion.due_at is None:
+            return self.admission.take_room_nowait()
+        return self.delayed.take_slot_nowait()
+
+    async def wait_for_room(self, completion: Completion, timeout: float | None) -> bool:
+        if completion.due_at is None:
+            return await self.admission.wait_for_room(timeout)
+        return await self.delayed.wait_for_slot(timeout)
+
+    def give_back_room(self, completion: Completion) -> None:
+        if completion.due_at is None:
+            self.admission.give_back_room()
+        else:
+            self.delayed.give_back_slot()
+
+    def enter(self, completion: Completion) -> None:
+        """Admit a new submission whose room (or slot) is taken: it is recorded (with a
+        journal, ``completion.durable`` returns once that is on disk), then started,
+        queued or kept until it is due."""
+        self.counters.admitted += 1
+        completion.durable = self.recorder.admitted(completion)
+        if completion.due_at is None:
+            self.admit(completion)
+        else:
+            self.schedule(completion)
 
     def admit(self, completion: Completion, *, first: bool = False) -> None:
         """Admit a completion whose room is taken; it starts now or when a place frees."""
@@ -290,6 +332,8 @@ class Host:
     async def wait_closed(self) -> bool:
         """Wait until the host has closed, at most until the drain deadline plus the margin;
         False if it had not by then (a task that ignores cancellation, logged)."""
+        if self._closed.is_set():
+            return True
         deadline = self._stop_time + self.drain_timeout + CLOSE_MARGIN_S
         with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
             await self._closed.wait()
@@ -344,16 +388,14 @@ class Host:
         )
 
     async def _finish(self) -> None:
-        if self.runtime is not None:
-            running = self.runtime.budget.running_labels()
-            if running:
-                self.log.warning(
-                    "dispatcher.threads_abandoned",
-                    threads=len(running),
-                    jobs=running,
-                    hint="these threads run on unattended; a process that must exit now can "
-                    "call os._exit() once it has flushed what it needs",
-                )
+        if self._abandoned:
+            self.log.warning(
+                "dispatcher.threads_abandoned",
+                threads=len(self._abandoned),
+                jobs=self._abandoned,
+                hint="these threads run on unattended (stats().threads_stuck counts them); a "
+                "process that must exit now can call os._exit() once it has flushed its output",
+            )
         if self.journal is not None:
             try:
                 await self.journal.close()

@@ -43,7 +43,14 @@ def backoff_delay(spec: JobSpec, failed_attempt: int) -> float:
 
 
 def error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    """``"ExcType: message"``, always writable text: a lone surrogate in a message (bytes
+    decoded with ``surrogateescape``, say) is escaped, or the journal could not store it."""
+    try:
+        message = str(error)
+    except Exception:  # an exception whose __str__ raises is still reported, not re-raised
+        message = f"<unprintable {type(error).__name__}>"
+    text = f"{type(error).__name__}: {message}"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def cancelled_by_dispatcher() -> bool:
@@ -196,7 +203,12 @@ class _Job:
             )
             return
         self.record(JobStatus.FAILED, error_text(error))
-        self.log.error("job.failed", attempt=self.attempt, duration_s=self.rounded, exc_info=error)
+        try:
+            self.log.error(
+                "job.failed", attempt=self.attempt, duration_s=self.rounded, exc_info=error
+            )
+        except Exception:  # a renderer choking on the job's exception: log it plainly
+            self.log.error("job.failed", attempt=self.attempt, error=error_text(error))
 
     def record(
         self, status: JobStatus, error: str | None, *, retry_at: datetime | None = None
@@ -219,6 +231,8 @@ def _retry_wait(spec: JobSpec, attempt: int, error: BaseException) -> float | No
         return None
     if isinstance(error, RetryLater):
         return error.seconds
+    if not isinstance(error, spec.retry_on):
+        return None
     return backoff_delay(spec, attempt)
 
 

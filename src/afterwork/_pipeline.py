@@ -31,6 +31,8 @@ class JobSpec:
     timeout: float | None
     retries: int
     backoff: float
+    #: The exceptions retried with backoff (``RetryLater`` is always honoured).
+    retry_on: tuple[type[BaseException], ...]
     lane: str | None
     when: Callable[[Any], bool] | None
 
@@ -117,6 +119,7 @@ def job_spec(
     backoff: object,
     lane: object,
     when: object,
+    retry_on: object = (Exception,),
 ) -> JobSpec:
     """Check a job's function and options and return its spec; raise where they are wrong."""
     job_name = _options.name(
@@ -136,11 +139,22 @@ def job_spec(
         ),
         retries=_options.count(f"job {job_name!r}: retries", retries, 0, fix + "retries=2)"),
         backoff=_options.seconds(f"job {job_name!r}: backoff", backoff, fix + "backoff=0.5)"),
+        retry_on=_retry_on(job_name, retry_on, fix),
         lane=None
         if lane is None
         else _options.name(f"job {job_name!r}: lane", lane, fix + "lane='llm')"),
         when=when,  # type: ignore[arg-type]
     )
+
+
+def _retry_on(job: str, value: object, fix: str) -> tuple[type[BaseException], ...]:
+    kinds = value if isinstance(value, tuple) else (value,)
+    if not kinds or not all(isinstance(k, type) and issubclass(k, BaseException) for k in kinds):
+        raise InvalidOption(
+            f"job {job!r}: retry_on must be an exception class or a tuple of them, got "
+            f"{value!r}; {fix}retry_on=(ConnectionError, TimeoutError))"
+        )
+    return kinds
 
 
 def _key_problem(key: object) -> str | None:
@@ -205,6 +219,7 @@ class Pipeline(Generic[E]):
         timeout: float | None = None,
         retries: int = 0,
         backoff: float = 0.5,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         lane: str | None = None,
         when: Callable[[E], bool] | None = None,
     ) -> Callable[[F], F]: ...
@@ -218,6 +233,7 @@ class Pipeline(Generic[E]):
         timeout: float | None = None,
         retries: int = 0,
         backoff: float = 0.5,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         lane: str | None = None,
         when: Callable[[E], bool] | None = None,
     ) -> F | Callable[[F], F]:
@@ -225,6 +241,8 @@ class Pipeline(Generic[E]):
 
         ``retries`` failed or timed-out attempts are tried again after ``backoff * 2**n``
         seconds (at most 60) with jitter, or after what the job asked with ``RetryLater``.
+        Only exceptions in ``retry_on`` (default: any ``Exception``; a timeout counts as
+        one) are retried; others fail the job at once.
         ``when(event)`` returning False skips the job. The function is returned unchanged, so
         it stays callable and testable on its own.
         """
@@ -236,6 +254,7 @@ class Pipeline(Generic[E]):
                 timeout=timeout,
                 retries=retries,
                 backoff=backoff,
+                retry_on=retry_on,
                 lane=lane,
                 when=when,
             )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextvars
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -133,6 +133,21 @@ def poison_message(journal: SqliteJournal, row: db.Row) -> str:
         f"quarantined as poison: see 'afterwork journal list {journal.path}', and requeue it "
         "with 'afterwork journal requeue' once fixed"
     )
+
+
+def replay_of(
+    journal: SqliteJournal | None,
+    rows: list[db.Row],
+    pipelines: Mapping[str, Pipeline[Any]],
+    log: FilteringBoundLogger,
+) -> tuple[Callable[[Host], Awaitable[None]] | None, bool]:
+    """The replay for a dispatcher's host, and whether crash suspects must run alone first."""
+    if journal is None:
+        return None, False
+    isolate = any(
+        0 < row.crashes < journal.max_recoveries and row.pipeline in pipelines for row in rows
+    )
+    return (lambda host: replay(host, journal, rows, pipelines, log)), isolate
 
 
 async def replay(

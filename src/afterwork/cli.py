@@ -1,11 +1,14 @@
 """The ``afterwork`` command.
 
-- ``afterwork serve [--host H] [--port P] [--db PATH] [--no-journal]``: the conversation
-  service. Flags override the ``AFTERWORK_*`` settings; a bad setting stops it at once,
-  naming the variable. Its journal lives beside the database unless ``--no-journal``.
+- ``afterwork serve [--host H] [--port P] [--db PATH] [--token-file FILE] [--no-journal]``:
+  the conversation service. Flags override the ``AFTERWORK_*`` settings (``serve --help``
+  lists them all); a bad setting stops it at once, naming the variable.
 - ``afterwork demo [--conversations N] [--users N] [--out DIR]``: the service under load,
   checked; exits 1 if anything it expected did not happen.
+- ``afterwork journal list PATH`` and ``afterwork journal requeue PATH KEY``: the operator's
+  view of a journal (see ``_journal_cli``).
 - ``afterwork bench [ARGS...]``: the benchmarks, as ``python -m benchmarks ARGS...``.
+- ``afterwork --version``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import __version__, _journal_cli
+
 if TYPE_CHECKING:
     from .conversations import ServiceSettings
 
@@ -29,11 +34,23 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="afterwork", description="The conversation service, its demo, and the benchmarks."
     )
+    parser.add_argument("--version", action="version", version=f"afterwork {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="run the conversation service")
+    serve = commands.add_parser(
+        "serve",
+        help="run the conversation service",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", help="address to listen on (AFTERWORK_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (AFTERWORK_PORT)")
     serve.add_argument("--db", type=Path, help="SQLite database file (AFTERWORK_DB)")
+    serve.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="a file holding the API token (instead of AFTERWORK_API_TOKEN)",
+    )
     serve.add_argument(
         "--no-journal",
         dest="journal",
@@ -41,29 +58,42 @@ def _parser() -> argparse.ArgumentParser:
         const=False,
         help="keep no journal: work in flight at a crash is lost (AFTERWORK_JOURNAL=false)",
     )
-    demo = commands.add_parser("demo", help="run the service under load and check it")
-    demo.add_argument(
-        "--conversations",
-        type=_positive,
-        default=200,
-        metavar="N",
-        help="conversations to post (200)",
-    )
-    demo.add_argument(
-        "--users", type=_positive, default=20, metavar="N", help="users they belong to (20)"
-    )
-    demo.add_argument(
-        "--out",
-        type=Path,
-        default=Path("demo-output"),
-        metavar="DIR",
-        help="where the database, log and plot go",
-    )
-    demo.add_argument("--seed", type=int, default=7, help="seed of the generated conversations")
+    _demo_parser(commands)
+    _journal_cli.add_parser(commands)
     commands.add_parser(
         "bench", help="run the benchmarks (arguments go to 'python -m benchmarks')", add_help=False
     )
     return parser
+
+
+def _demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser("demo", help="run the service under load and check it")
+    demo.add_argument(
+        "--conversations", type=_positive, default=200, metavar="N",
+        help="conversations to post (200)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--users", type=_positive, default=20, metavar="N", help="users they belong to (20)"
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("demo-output"), metavar="DIR",
+        help="where the database, log and plot go",
+    )  # fmt: skip
+    demo.add_argument("--seed", type=int, default=7, help="seed of the generated conversations")
+
+
+def _settings_help() -> str:
+    """Every setting ``serve`` reads, with its variable and its default."""
+    try:
+        from .conversations import ServiceSettings
+    except ImportError:  # the service extra is not installed
+        return "settings: install afterwork[service] to run the service"
+    lines = ["settings (environment variables; flags above override them):"]
+    for name, field in ServiceSettings.model_fields.items():
+        default = "unset" if field.is_required() else field.get_default(call_default_factory=True)
+        shown = "unset" if default is None else default
+        lines.append(f"  AFTERWORK_{name.upper():<28} {field.description} (default: {shown})")
+    return "\n".join(lines)
 
 
 def _positive(text: str) -> int:
@@ -82,30 +112,33 @@ def serve(args: argparse.Namespace) -> int:
     from .conversations import SettingsError, load_settings
 
     try:
-        settings = load_settings(host=args.host, port=args.port, db=args.db, journal=args.journal)
+        settings = load_settings(
+            token_file=args.token_file,
+            host=args.host,
+            port=args.port,
+            db=args.db,
+            journal=args.journal,
+        )
     except SettingsError as error:
         print(f"afterwork serve: {error}", file=sys.stderr)
         return USAGE_ERROR
-    _run_server(settings)
-    return 0
+    return _run_server(settings)
 
 
-def _run_server(settings: ServiceSettings) -> None:
-    import uvicorn
-
+def _run_server(settings: ServiceSettings) -> int:
     from .conversations import configure_logging, create_app
+    from .conversations._server import ServiceServer, config, exit_now
 
     configure_logging(level=logging.getLevelNamesMapping()[settings.log_level.upper()])
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        # uvicorn waits this long for open requests on SIGTERM; then the lifespan drains the
-        # dispatcher for up to drain_timeout more.
-        timeout_graceful_shutdown=max(1, int(settings.drain_timeout)),
-        log_config=None,  # uvicorn's records go to the handler configure_logging set up
-    )
-    uvicorn.Server(config).run()
+    app = create_app(settings)
+    server = ServiceServer(config(app, settings), app)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn hands a Ctrl-C back once it has shut down
+        exit_now(130)
+    # uvicorn does not say whether its start failed (a lifespan error, a busy port).
+    exit_now(0 if server.started else 1)
+    return 0  # not reached: exit_now ends the process
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -129,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # everything after 'bench' belongs to the benchmarks
         return subprocess.call(bench_command(argv[1:]))
     args = _parser().parse_args(argv)
+    if args.command == "journal":
+        return _journal_cli.run(args, sys.stdout, sys.stderr)
     return serve(args) if args.command == "serve" else demo(args)
 
 

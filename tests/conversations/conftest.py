@@ -126,7 +126,9 @@ def run_jobs(store: Store, client: httpx.AsyncClient) -> Runner:
             **options,
         )
         pipeline = build_pipeline(services, only=jobs or None)
-        async with aw.Dispatcher(max_threads=max_threads, lanes={"llm": 2}) as dispatcher:
+        async with aw.Dispatcher(
+            max_threads=max_threads, lanes={"llm": 2, "http": 2}
+        ) as dispatcher:
             return await dispatcher.run(pipeline, event)
 
     return run

@@ -45,7 +45,7 @@ TABLES = ("vectors", "memories", "trends", "action_items", "goal_mentions", "per
 ENV = {
     "AFTERWORK_LLM_LATENCY_S": "[0.05, 0.25]",
     "AFTERWORK_MAX_THREADS": "8",
-    "AFTERWORK_LANES": '{"llm": 6}',
+    "AFTERWORK_LANES": '{"llm": 6, "http": 8}',
     "AFTERWORK_WEBHOOK_RETRY_DELAYS_S": "[0.05, 0.1, 0.2]",
     # The test counts every job's outcome, successes included: they are logged at debug.
     "AFTERWORK_LOG_LEVEL": "debug",
@@ -123,6 +123,23 @@ class Server:
             if name is None or event.get("event") == name:
                 found.append(event)
         return found
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., Server]]:
+    """Start ``afterwork serve`` processes; any still running at the end is killed."""
+    started: list[Server] = []
+
+    def start(db: Path, log: Path, **env: str) -> Server:
+        server = Server(db, log, **env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(timeout=30)
 
 
 def wait_for(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
@@ -220,18 +237,18 @@ def assert_nothing_lost(db: Path, world: World, clean: dict[str, int]) -> None:
 
 
 def test_sigkill_mid_run_then_restart_loses_no_job(
-    tmp_path: Path, world: tuple[World, Receiver]
+    tmp_path: Path, world: tuple[World, Receiver], servers: Callable[..., Server]
 ) -> None:
     """SIGKILL with completions in flight; after a restart every job has a final outcome."""
     inputs, receiver = world
     db, journal = seeded_db(tmp_path / "s.db", inputs), tmp_path / "s.journal.db"
-    first = Server(db, tmp_path / "first.log")
+    first = servers(db, tmp_path / "first.log")
     post_all(first, inputs.events)
     wait_for(lambda: completed(first) >= N // 4, "a quarter of the completions")
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
     before = len(first.events("completion.finished"))
     assert 0 < before < N, "the kill landed mid-run"
-    second = Server(db, tmp_path / "second.log")
+    second = servers(db, tmp_path / "second.log")
     wait_for(lambda: settled(second, db, journal), "the journal to be worked off")
     assert second.stop(signal.SIGTERM) == -signal.SIGTERM
     duplicates = receiver.duplicates
@@ -249,12 +266,12 @@ def test_sigkill_mid_run_then_restart_loses_no_job(
 
 
 def test_sigterm_with_a_short_drain_then_restart_finishes_the_rest(
-    tmp_path: Path, world: tuple[World, Receiver]
+    tmp_path: Path, world: tuple[World, Receiver], servers: Callable[..., Server]
 ) -> None:
     """SIGTERM drains for 0.2 s and keeps the rest in the journal; a restart finishes it."""
     inputs, receiver = world
     db, journal = seeded_db(tmp_path / "s.db", inputs), tmp_path / "s.journal.db"
-    first = Server(db, tmp_path / "first.log", AFTERWORK_DRAIN_TIMEOUT="0.2")
+    first = servers(db, tmp_path / "first.log", AFTERWORK_DRAIN_TIMEOUT="0.2")
     post_all(first, inputs.events)
     wait_for(lambda: completed(first) >= N // 4, "a quarter of the completions")
     assert first.stop(signal.SIGTERM) == -signal.SIGTERM
@@ -263,7 +280,7 @@ def test_sigterm_with_a_short_drain_then_restart_finishes_the_rest(
     assert unfinished["kept_in_journal"] is True
     kept = len(aw.SqliteJournal(journal).unfinished())
     assert kept > 0
-    second = Server(db, tmp_path / "second.log")
+    second = servers(db, tmp_path / "second.log")
     wait_for(lambda: settled(second, db, journal), "the journal to be worked off")
     assert second.stop(signal.SIGTERM) == -signal.SIGTERM
     duplicates = receiver.duplicates

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -53,35 +54,97 @@ def test_too_many_segments_is_refused_before_validating_them() -> None:
 
 def test_more_than_a_megabyte_of_text_is_refused() -> None:
     """Transcript text over 1 MB fails with its size and the limit."""
-    segments = [{"speaker": "a", "text": "é" * 250_001, "start": 0, "end": 1}] * 2
+    segments = [{"speaker": "a", "text": "é" * 100_000, "start": 0, "end": 1}] * 6
     with pytest.raises(ValidationError) as error:
         Conversation.model_validate(body(transcript_segments=segments))
     assert only_error(error)["msg"] == (
-        "the transcript text is 1000004 bytes, more than the limit of 1000000; "
+        "the transcript text is 1200000 bytes, more than the limit of 1000000; "
         "split the conversation"
     )
 
 
-def test_a_naive_timestamp_is_refused() -> None:
-    """created_at without a timezone is an error that says how to send it."""
+@pytest.mark.parametrize(
+    "created_at",
+    [
+        "2026-03-14T09:30:00",  # no offset
+        "0001-01-01T00:00:00+14:00",  # overflows when converted to UTC
+        "1970-01-01T00:00:00Z",  # outside 1971-2099
+        "2100-01-01T00:00:00Z",
+        "2026-03-14 09:30:00Z",  # not RFC 3339
+        "2026-03-14T09:30:00+0100",
+    ],
+)
+def test_a_timestamp_outside_rfc_3339_or_the_sane_range_is_refused(created_at: str) -> None:
+    """created_at must be RFC 3339 with an offset, in 1971-2099: an error saying how."""
     with pytest.raises(ValidationError) as error:
-        Conversation.model_validate(body(created_at="2026-03-14T09:30:00"))
+        Conversation.model_validate(body(created_at=created_at))
     assert only_error(error)["msg"] == (
-        "Value error, created_at 2026-03-14T09:30:00 has no timezone; send it with an offset, "
-        "e.g. 2026-01-01T12:00:00Z"
+        f"Value error, created_at {created_at!r} is not an RFC 3339 timestamp with an offset "
+        "in the years 1971-2099; send e.g. 2026-01-01T12:00:00Z"
     )
 
 
-def test_a_segment_ending_before_it_starts_is_refused() -> None:
-    """end < start names both times."""
-    segments = [{"speaker": "a", "text": "x", "start": 5, "end": 2}]
+def test_a_naive_or_out_of_range_datetime_object_is_refused() -> None:
+    """A datetime built in Python (no text to match) is checked for its zone and range."""
+    with pytest.raises(ValidationError) as naive:
+        Conversation.model_validate(body(created_at=datetime(2026, 3, 14, 9, 30)))
+    assert only_error(naive)["msg"] == (
+        "Value error, created_at 2026-03-14T09:30:00 has no timezone; send it with an "
+        "offset, e.g. 2026-01-01T12:00:00Z"
+    )
+    with pytest.raises(ValidationError) as early:
+        Conversation.model_validate(body(created_at=datetime(1, 1, 1, tzinfo=UTC)))
+    assert only_error(early)["msg"] == (
+        "Value error, created_at 0001-01-01T00:00:00+00:00 is outside 1970-2099; send the "
+        "moment the conversation completed, e.g. 2026-01-01T12:00:00Z"
+    )
+
+
+@pytest.mark.parametrize("number", ["Infinity", "-Infinity", "NaN", "1e400", "3e9"])
+def test_a_non_finite_or_huge_number_is_refused(number: str) -> None:
+    """start must be a finite number of seconds within 30 days: NaN and 1e400 are 422s."""
+    raw = (
+        '{"id": "c1", "uid": "u1", "created_at": "2026-03-14T09:30:00Z", '
+        f'"transcript_segments": [{{"speaker": "a", "text": "x", "start": {number}, "end": 1}}]}}'
+    )
     with pytest.raises(ValidationError) as error:
-        Conversation.model_validate(body(transcript_segments=segments))
+        Conversation.model_validate_json(raw)
     problem = only_error(error)
-    assert problem["loc"] == ("transcript_segments", 0)
-    assert problem["msg"] == (
-        "Value error, segment ends at 2.0 s before it starts at 5.0 s; 'end' must be >= 'start'"
-    )
+    assert problem["loc"] == ("transcript_segments", 0, "start")
+    assert problem["type"] in ("finite_number", "less_than_equal", "greater_than_equal")
+
+
+@pytest.mark.parametrize(
+    "cid",
+    [
+        "",
+        " c1",
+        "c1 ",
+        "a/b",
+        "a?b",
+        "a#b",
+        "../x",
+        "会话",
+        "\U0001f600",
+        "\u202eab",
+        "\u0000x",
+        "x\r\ny",
+        "-x",
+        "x" * 129,
+    ],
+)
+def test_ids_outside_the_alphabet_are_refused(cid: str) -> None:
+    """Ids are 1-128 of A-Z a-z 0-9 . _ : -, starting alphanumeric; nothing is stripped."""
+    with pytest.raises(ValidationError) as error:
+        Conversation.model_validate(body(id=cid))
+    problem = only_error(error)
+    assert (problem["loc"], problem["type"]) == (("id",), "string_pattern_mismatch")
+
+
+def test_ids_inside_the_alphabet_are_kept_as_sent() -> None:
+    """A valid id with every allowed character comes through unchanged."""
+    cid = "A-z_0.9:x" + "y" * 119
+    assert Conversation.model_validate(body(id=cid, uid="u.1")).id == cid
 
 
 def test_unknown_fields_are_refused() -> None:

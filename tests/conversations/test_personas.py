@@ -49,7 +49,7 @@ async def test_twenty_concurrent_completions_refresh_once(tmp_path: Path) -> Non
     async with httpx.AsyncClient() as client:
         services = Services(store=store, extractor=RuleExtractor(), client=client)
         pipeline = build_pipeline(services, only=["update_personas"])
-        async with aw.Dispatcher(max_threads=RACERS, lanes={"llm": 1}) as dispatcher:
+        async with aw.Dispatcher(max_threads=RACERS, lanes={"llm": 1, "http": 1}) as dispatcher:
             handles = [
                 dispatcher.submit_nowait(pipeline, completed(conversation(f"c{i}")))
                 for i in range(RACERS)
@@ -76,7 +76,7 @@ async def test_the_winner_refreshes_again_when_run_again(tmp_path: Path) -> None
     async with httpx.AsyncClient() as client:
         services = Services(store=store, extractor=RuleExtractor(), client=client)
         pipeline = build_pipeline(services, only=["update_personas"])
-        async with aw.Dispatcher(max_threads=2, lanes={"llm": 1}) as dispatcher:
+        async with aw.Dispatcher(max_threads=2, lanes={"llm": 1, "http": 1}) as dispatcher:
             first = await dispatcher.run(pipeline, completed(conversation("c1")))
             again = await dispatcher.run(pipeline, completed(conversation("c1")))
     assert [len(first.outcomes), len(again.outcomes)] == [2, 2]

@@ -1,32 +1,121 @@
 """The HTTP API of the conversation service.
 
-- ``POST /v1/conversations/completed``: store the conversation and admit it (202), or with
-  ``?wait=true`` process it and answer its report (200). 503 with ``Retry-After`` when the
-  dispatcher is overloaded or draining, 413 when too large, 422 naming the bad fields.
-- ``GET /v1/conversations/{id}/processing``: its jobs' outcomes, as persisted.
-- ``GET /v1/stats``, ``GET /metrics`` (Prometheus), ``GET /healthz``.
+- ``POST /v1/conversations/completed``: check room, claim the conversation for its uid, admit
+  it (202), or with ``?wait=true`` process it and answer its report (200). 401 without the
+  token, 409 when another uid owns the id, 413 when too large, 415 when not JSON, 422 naming
+  the bad fields, 503 with ``Retry-After`` when overloaded or draining. A refusal writes
+  nothing.
+- ``GET /v1/conversations/{id}/processing``: its state and its jobs' outcomes.
+- ``GET /v1/stats``, ``GET /metrics`` (Prometheus), ``GET /healthz``, ``GET /readyz``.
+
+The OpenAPI document lists every status each route answers, with its content type.
 """
 
 from __future__ import annotations
 
+import email.message
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Scope
 
 import afterwork as aw
-from afterwork.asgi import install_handlers
 
 from . import _outcomes
+from ._auth import BearerAuth
 from ._extractor import Extractor
-from ._http import LimitBody, RequestId
-from ._models import TOO_LARGE, ConversationCompleted
-from ._service import Service, run_service
+from ._http import AccessLog, LimitBody, Observer, RequestId
+from ._metrics import CONTENT_TYPE, Metrics
+from ._models import ID_PATTERN, TOO_LARGE, ConversationCompleted
+from ._service import OwnershipConflict, Service, run_service
 from ._settings import ServiceSettings
+
+COMPLETED = "/v1/conversations/completed"
+
+
+class Problem(BaseModel):
+    """What a refused request gets back."""
+
+    detail: str = Field(description="What was wrong, and how to fix it.")
+    reason: str | None = Field(default=None, description="For a 503: overloaded or draining.")
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationProblem(BaseModel):
+    """A 422 (or, for a conversation over a size bound, 413) naming each bad field."""
+
+    detail: list[FieldProblem]
+
+
+class Admitted(BaseModel):
+    """A 202: the conversation is admitted; its processing is at ``status_url``."""
+
+    key: str
+    status_url: str
+    reprocess: bool
+
+
+class Outcome(BaseModel):
+    job: str
+    status: aw.JobStatus
+    attempts: int
+    duration_s: float
+    error: str | None
+    retry_at: str | None
+
+
+class Processing(BaseModel):
+    """Where a conversation's processing stands."""
+
+    id: str
+    state: Literal["processing", "deferred", "finished", "not_processed"]
+    ok: bool = Field(description="True only once processing finished and every job is ok.")
+    retry_at: str | None = Field(description="For a deferred conversation: when it resumes.")
+    outcomes: list[Outcome]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    reasons: list[str]
+
+
+class Health(BaseModel):
+    status: str
+
+
+def _problem(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": Problem} for status in statuses}
+
+
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}}
+REFUSED: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No or a wrong bearer token."},
+    422: {"model": ValidationProblem, "description": "A field is missing or invalid."},
+}
+ADMISSION: dict[int | str, dict[str, Any]] = {
+    **REFUSED,
+    200: {"model": aw.Report, "description": "With ?wait=true: the completion's report."},
+    202: {"model": Admitted, "description": "Admitted: the jobs run in the background."},
+    409: {"model": Problem, "description": "Another uid owns this conversation id."},
+    413: {"model": ValidationProblem, "description": "The body or transcript is too large."},
+    415: {"model": Problem, "description": "The body is not JSON."},
+    503: {"model": Problem, "description": "Overloaded or draining.", "headers": RETRY_AFTER},
+}
+#: Documents the bearer scheme; the check itself is BearerAuth, before the body is read.
+bearer = HTTPBearer(auto_error=False, description="AFTERWORK_API_TOKEN")
 
 
 def _service(request: Request) -> Service:
@@ -34,9 +123,29 @@ def _service(request: Request) -> Service:
     return service
 
 
+def _json_body(request: Request) -> None:
+    """415 unless the body is declared JSON: checked before the body is validated."""
+    declared = request.headers.get("content-type", "")
+    parsed = email.message.Message()
+    parsed["content-type"] = declared
+    subtype = parsed.get_content_subtype()
+    if parsed.get_content_maintype() != "application" or not (
+        subtype == "json" or subtype.endswith("+json")
+    ):
+        raise HTTPException(
+            415,
+            f"the body must be JSON, sent with 'Content-Type: application/json'; got "
+            f"{declared[:100]!r}",
+        )
+
+
 def _errors(error: RequestValidationError) -> list[dict[str, Any]]:
-    # The input is left out: echoing a megabyte transcript back helps nobody.
-    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+    # The input is left out: echoing a megabyte transcript (or a secret) back helps nobody.
+    return [
+        {"loc": [str(p) if not isinstance(p, int) else p for p in e["loc"]], "msg": e["msg"],
+         "type": e["type"]}
+        for e in error.errors()
+    ]  # fmt: skip
 
 
 async def _invalid(request: Request, error: Exception) -> Response:
@@ -46,38 +155,76 @@ async def _invalid(request: Request, error: Exception) -> Response:
     return JSONResponse({"detail": errors}, status_code=status)
 
 
-async def completed(request: Request, event: ConversationCompleted, wait: bool = False) -> Response:
-    """Store the conversation and admit it for processing."""
-    service = _service(request)
-    # Stored before admission, so a client that retries after a 503 just stores it again.
-    handle = await service.admit(event)
-    status_url = f"/v1/conversations/{event.conversation.id}/processing"
-    if wait:
-        report = await handle.wait()
-        # The dispatcher wakes those waiting on the handle only once on_report has saved
-        # the report, so the processing endpoint already shows it.
-        return JSONResponse(report.model_dump(mode="json"), status_code=200)
+async def _conflict(request: Request, error: Exception) -> Response:
+    return JSONResponse({"detail": str(error)}, status_code=409)
+
+
+async def _unusable(request: Request, error: Exception) -> Response:
+    """An event the journal could not keep exactly (a lone surrogate, say): the client's."""
     return JSONResponse(
-        {"key": handle.key, "status_url": status_url, "reprocess": event.reprocess},
-        status_code=202,
-        headers={"Location": status_url},
+        {"detail": [{"loc": ["body"], "msg": str(error), "type": "value_error"}]},
+        status_code=422,
     )
 
 
-async def processing(request: Request, conversation_id: str) -> Response:
-    """The persisted job outcomes of one conversation."""
+def _refusal(retry_after: int) -> Any:
+    async def refuse(request: Request, error: Exception) -> Response:
+        reason = "overloaded" if isinstance(error, aw.Overloaded) else "draining"
+        metrics: Metrics = request.app.state.metrics
+        metrics.refused(reason)
+        return JSONResponse(
+            {"detail": str(error), "reason": reason},
+            status_code=503,
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    return refuse
+
+
+async def completed(
+    request: Request,
+    event: ConversationCompleted,
+    wait: Annotated[bool, Query(description="Answer with the report once processed.")] = False,
+) -> Response:
+    """Claim the conversation for its uid and admit it for processing."""
+    service = _service(request)
+    handle = await service.admit(event)
+    cid = event.conversation.id
+    status_url = f"/v1/conversations/{cid}/processing"
+    if not wait:
+        body = Admitted(key=handle.key, status_url=status_url, reprocess=event.reprocess)
+        return JSONResponse(body.model_dump(), status_code=202, headers={"Location": status_url})
+    # The handle wakes only once on_report has saved the report, so status_url shows it.
+    report = await handle.wait()
+    if any(o.status is aw.JobStatus.CANCELLED for o in report.outcomes):
+        service.metrics.refused("draining")
+        return JSONResponse(
+            {"detail": f"the service is shutting down and processing of {cid!r} was cut off; "
+             "it resumes after the restart, and its progress is at " + status_url,
+             "reason": "draining"},
+            status_code=503,
+            headers={"Retry-After": str(service.settings.retry_after_s)},
+        )  # fmt: skip
+    return JSONResponse(report.model_dump(mode="json"), status_code=200)
+
+
+async def processing(
+    request: Request,
+    conversation_id: Annotated[str, Path(pattern=ID_PATTERN)],
+) -> Response:
+    """Where the conversation's processing stands, with its jobs' outcomes."""
     service = _service(request)
     outcomes = await service.blocking(_outcomes.processing, service.store, conversation_id)
     if outcomes is None:
         return JSONResponse(
-            {"detail": f"no conversation {conversation_id!r}; POST it to "
-             "/v1/conversations/completed first"},
+            {"detail": f"no conversation {conversation_id!r}; POST it to {COMPLETED} first"},
             status_code=404,
-        )  # fmt: skip
-    unfinished = service.dispatcher.unfinished(service.pipeline, conversation_id)
+        )
     now = datetime.now(UTC)
+    unfinished = service.dispatcher.unfinished(service.pipeline, conversation_id)
     waiting = [h.due_at for h in unfinished if h.due_at is not None and h.due_at > now]
     retry_at = None
+    state: Literal["processing", "deferred", "finished", "not_processed"]
     if len(waiting) < len(unfinished):
         state = "processing"
     elif waiting:
@@ -85,25 +232,77 @@ async def processing(request: Request, conversation_id: str) -> Response:
     else:
         state = "finished" if outcomes else "not_processed"
     ok = state == "finished" and all(aw.JobStatus(o["status"]).is_ok for o in outcomes)
-    return JSONResponse(
-        {"id": conversation_id, "state": state, "ok": ok, "retry_at": retry_at,
-         "outcomes": outcomes}
-    )  # fmt: skip
+    body = {"id": conversation_id, "state": state, "ok": ok, "retry_at": retry_at,
+            "outcomes": outcomes}  # fmt: skip
+    return JSONResponse(body)
 
 
 async def stats(request: Request) -> Response:
+    """The dispatcher's stats now."""
     return JSONResponse(_service(request).dispatcher.stats().model_dump(mode="json"))
 
 
 async def metrics(request: Request) -> Response:
-    body = _service(request).metrics.render()
-    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+    """Prometheus metrics, in the text exposition format."""
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE)
 
 
 async def healthz(request: Request) -> Response:
-    state = _service(request).dispatcher.stats().state
+    """200 while the service runs and admits work; 503 once it drains."""
+    service = getattr(request.app.state, "service", None)
+    state = service.dispatcher.stats().state if service is not None else aw.DispatcherState.NEW
     ok = state is aw.DispatcherState.OPEN
     return JSONResponse({"status": "ok" if ok else state.value}, status_code=200 if ok else 503)
+
+
+async def readyz(request: Request) -> Response:
+    """200 when a POST would be admitted now: open, replay done, room, journal healthy."""
+    service: Service | None = getattr(request.app.state, "service", None)
+    reasons = ["the service is not running"] if service is None else _not_ready(service)
+    headers = {"Retry-After": str(service.settings.retry_after_s)} if service and reasons else {}
+    body = {"ready": not reasons, "reasons": reasons}
+    return JSONResponse(body, status_code=503 if reasons else 200, headers=headers)
+
+
+def _not_ready(service: Service) -> list[str]:
+    stats = service.dispatcher.stats()
+    reasons = []
+    if stats.state is not aw.DispatcherState.OPEN:
+        reasons.append(f"the dispatcher is {stats.state.value}")
+    if stats.replaying:
+        reasons.append("the journal's unfinished work is still being re-admitted")
+    if stats.pending >= stats.max_pending:
+        reasons.append(f"no room: {stats.pending} completions pending (max_pending)")
+    if stats.journal_error is not None:
+        reasons.append(f"the journal failed: {stats.journal_error}")
+    return reasons
+
+
+class ServiceApp(FastAPI):
+    """FastAPI, with the request id, the access log and the token check around everything
+    (Starlette's own error handling included), so a 500 has its id and its log line too."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        settings: ServiceSettings = self.state.settings
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        protected = BearerAuth(super().build_middleware_stack(), token, _protects(settings))
+        return RequestId(AccessLog(protected, _observer))
+
+
+def _observer(scope: Scope) -> Observer | None:
+    app = scope.get("app")
+    metrics: Metrics | None = getattr(getattr(app, "state", None), "metrics", None)
+    return metrics.request if metrics is not None else None
+
+
+def _protects(settings: ServiceSettings) -> Any:
+    open_paths = {"/healthz", "/readyz"} | (set() if settings.metrics_token else {"/metrics"})
+
+    def protects(path: str) -> bool:
+        return path not in open_paths
+
+    return protects
 
 
 def create_app(settings: ServiceSettings, *, extractor: Extractor | None = None) -> FastAPI:
@@ -117,14 +316,52 @@ def create_app(settings: ServiceSettings, *, extractor: Extractor | None = None)
         async with run_service(app, settings, extractor):
             yield
 
-    app = FastAPI(title="afterwork conversations", lifespan=lifespan)
-    app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestId)
-    install_handlers(app, retry_after=settings.retry_after_s)
+    docs = settings.docs
+    app = ServiceApp(
+        title="afterwork conversations",
+        version=aw.__version__,
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if docs else None,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.add_middleware(
+        LimitBody, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_s
+    )
+    app.add_exception_handler(aw.Overloaded, _refusal(settings.retry_after_s))
+    app.add_exception_handler(aw.DispatcherClosed, _refusal(settings.retry_after_s))
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_api_route("/v1/conversations/completed", completed, methods=["POST"])
-    app.add_api_route("/v1/conversations/{conversation_id}/processing", processing)
-    app.add_api_route("/v1/stats", stats)
-    app.add_api_route("/metrics", metrics)
-    app.add_api_route("/healthz", healthz)
+    app.add_exception_handler(OwnershipConflict, _conflict)
+    app.add_exception_handler(aw.InvalidEvent, _unusable)
+    secured = [Security(bearer)] if settings.api_token is not None else []
+    app.add_api_route(
+        COMPLETED, completed, methods=["POST"], responses=ADMISSION, status_code=202,
+        dependencies=[*secured, Depends(_json_body)], response_model=None,
+    )  # fmt: skip
+    app.add_api_route(
+        "/v1/conversations/{conversation_id}/processing", processing, dependencies=secured,
+        responses={200: {"model": Processing}, 404: {"model": Problem}, **REFUSED},
+        response_model=None,
+    )  # fmt: skip
+    app.add_api_route(
+        "/v1/stats", stats, dependencies=secured, response_model=None,
+        responses={200: {"model": aw.Stats}, 401: REFUSED[401]},
+    )  # fmt: skip
+    metrics_doc: dict[int | str, dict[str, Any]] = {
+        200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+              "description": "Prometheus text exposition."}
+    }  # fmt: skip
+    if settings.metrics_token:
+        metrics_doc[401] = REFUSED[401]
+    app.add_api_route(
+        "/metrics", metrics, response_class=Response, responses=metrics_doc, response_model=None,
+        dependencies=secured if settings.metrics_token else [],
+    )  # fmt: skip
+    for path, endpoint, model in (("/healthz", healthz, Health), ("/readyz", readyz, Readiness)):
+        app.add_api_route(
+            path, endpoint, response_model=None,
+            responses={200: {"model": model}, 503: {"model": model, "headers": RETRY_AFTER}},
+        )  # fmt: skip
     return app

@@ -60,7 +60,7 @@ def demo_settings(options: DemoOptions, db: Path) -> ServiceSettings:
         max_threads=options.max_threads,
         max_pending=64,
         drain_timeout=10,
-        lanes={"llm": options.max_threads // 2},
+        lanes={"llm": options.max_threads // 2, "http": options.max_threads},
         llm_latency_s=(0.02, 0.08),
         webhook_retry_delays_s=(0.05, 0.1, 0.2),
     )

@@ -21,23 +21,26 @@ from . import _personas, _writes
 from ._embedding import embed
 from ._extractor import Extractor
 from ._models import ConversationCompleted, is_new
+from ._redact import redact
 from ._store import Store, utc_now
 from ._webhook import RetryPolicy, deliver, post_once
 
 PIPELINE = "conversation.completed"
 #: The lane of the jobs that call the extractor: a bulkhead for the (slow) language model.
 LLM_LANE = "llm"
+#: The lane of outgoing HTTP calls (webhooks, task integrations): one user's hanging
+#: endpoint then holds an HTTP token, never one of the language model's.
+HTTP_LANE = "http"
 _LLM: dict[str, Any] = {"lane": LLM_LANE, "retries": 2, "backoff": 0.2}
-#: Each job's options, in the order of the seed's seven jobs.
+#: Each job's options, in the order of the seed's seven jobs. The webhook's retries follow
+#: its own schedule (see _webhook), set from the services when the pipeline is built.
 JOB_OPTIONS: dict[str, dict[str, Any]] = {
     "save_structured_vector": {"when": is_new},
     "extract_memories": _LLM,
     "extract_trends": _LLM,
     "save_action_items": _LLM,
     "update_goal_progress": {},
-    # Retries follow the webhook's own rules (see _webhook), not the dispatcher's, and the
-    # whole schedule (1 + 5 + 30 s plus four read timeouts) outlives the usual job timeout.
-    "conversation_created_webhook": {"when": is_new, "timeout": None},
+    "conversation_created_webhook": {"when": is_new, "lane": HTTP_LANE},
     "update_personas": {"when": is_new},
 }
 JOBS = tuple(JOB_OPTIONS)
@@ -69,9 +72,14 @@ def build_pipeline(
         raise ValueError(f"unknown job(s) {', '.join(unknown)}; the jobs are {', '.join(JOBS)}")
     pipeline = aw.Pipeline(PIPELINE, event=ConversationCompleted, key=conversation_key)
     jobs = Jobs(services)
+    # Only the waits the webhook asks for are retried: a refusal (a 4xx) is final.
+    webhook = {"retries": len(services.webhook_policy.delays), "retry_on": aw.RetryLater}
     for name, options in JOB_OPTIONS.items():
         if only is None or name in only:
-            pipeline.job(getattr(jobs, name), **{"timeout": services.job_timeout_s, **options})
+            extra = webhook if name == "conversation_created_webhook" else {}
+            pipeline.job(
+                getattr(jobs, name), **{"timeout": services.job_timeout_s, **options, **extra}
+            )
     return pipeline
 
 
@@ -118,7 +126,7 @@ class Jobs:
         )
         url = await ctx.run_sync(self.store.webhook_url, conversation.uid, "tasks")
         if pending and url is not None:
-            ctx.spawn(self.auto_sync, url, pending, name="auto_sync")
+            ctx.spawn(self.auto_sync, url, pending, name="auto_sync", lane=HTTP_LANE)
 
     async def auto_sync(
         self, url: str, items: list[_writes.ActionItem], ctx: aw.JobContext
@@ -128,7 +136,7 @@ class Jobs:
         attempt = await post_once(self.services.client, url, payload, ctx.idempotency_key)
         if not attempt.delivered:
             raise RuntimeError(
-                f"task integration {url} did not take {len(items)} action item(s): "
+                f"task integration {redact(url)} did not take {len(items)} action item(s): "
                 f"{attempt.error}; they stay unexported and go with the next sync"
             )
         await ctx.run_sync(_writes.mark_exported, self.store, [item.id for item in items])

@@ -4,6 +4,9 @@ JSON lines when the output is not a terminal (for log collectors), a readable co
 when it is. ``merge_contextvars`` comes first, so what a request binds (its ``request_id``)
 appears in the events of the jobs it started. Standard-library records (uvicorn's) go through
 the same renderer, so one stream holds one format.
+
+Nothing personal or secret is written: tracebacks carry no local variables (a job's locals
+hold the transcript), and every URL loses its credentials and query string (``_redact``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import TextIO
 
 import structlog
 from structlog.typing import Processor
+
+from ._redact import redact_event
 
 
 def configure_logging(
@@ -27,10 +32,20 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    no_locals = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
     renderer: list[Processor] = (
-        [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        [
+            structlog.processors.ExceptionRenderer(no_locals),
+            redact_event,
+            structlog.processors.JSONRenderer(),
+        ]
         if as_json
-        else [structlog.dev.ConsoleRenderer()]
+        else [
+            redact_event,
+            structlog.dev.ConsoleRenderer(
+                exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+            ),
+        ]
     )
     structlog.configure(
         processors=shared + renderer,

@@ -1,40 +1,58 @@
-"""The events of the conversation service: a completed conversation, bounded in size."""
+"""The events of the conversation service: a completed conversation, bounded and checked.
+
+Every constraint that JSON Schema can state is stated in the model, so the OpenAPI document
+tells clients exactly what is accepted:
+
+- ids and uids: 1 to 128 characters of ``A-Z a-z 0-9 . _ : -``, starting with a letter or a
+  digit. They become URL path segments, header values and idempotency keys, so nothing
+  outside that alphabet is taken, and nothing is stripped or rewritten silently;
+- numbers: finite (``NaN``, ``Infinity`` and ``1e400`` are refused), within a range;
+- ``created_at``: an RFC 3339 timestamp with an offset, in the years 1971 to 2099, so it
+  converts to UTC without overflowing; the check is also a pattern in the schema.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
 
 #: The speaker label of the device's owner: facts and tasks come from what they said.
 USER_SPEAKER = "user"
 MAX_SEGMENTS = 5_000
 MAX_TRANSCRIPT_BYTES = 1_000_000
+#: The longest a conversation may last, in seconds: 30 days.
+MAX_OFFSET_S = 30 * 24 * 3600
 #: The pydantic error type of a conversation over a size bound; the service answers 413.
 TOO_LARGE = "conversation_too_large"
+#: The alphabet of ids (conversation ids, user ids), as a regular expression.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+#: RFC 3339 with an offset, years 1971-2099 (so the UTC instant lies within 1970-2100).
+TIMESTAMP_PATTERN = (
+    r"^(19(7[1-9]|[89][0-9])|20[0-9]{2})-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Seconds = Annotated[float, Field(ge=0, le=MAX_OFFSET_S, allow_inf_nan=False)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 class TranscriptSegment(_Model):
     """One stretch of speech: who said it, what, and when (seconds from the start)."""
 
     speaker: str = Field(min_length=1, max_length=100)
-    text: str
-    start: float = Field(ge=0)
-    end: float = Field(ge=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> TranscriptSegment:
-        if self.end < self.start:
-            raise ValueError(
-                f"segment ends at {self.end} s before it starts at {self.start} s; "
-                "'end' must be >= 'start'"
-            )
-        return self
+    text: str = Field(max_length=100_000)
+    start: Seconds
+    end: Seconds
 
 
 class Structured(_Model):
@@ -43,26 +61,51 @@ class Structured(_Model):
     title: str = Field(default="", max_length=500)
     overview: str = Field(default="", max_length=10_000)
     category: str = Field(default="other", min_length=1, max_length=100)
-    action_items: list[str] = Field(default_factory=list, max_length=500)
+    action_items: list[Annotated[str, Field(max_length=1_000)]] = Field(
+        default_factory=list, max_length=500
+    )
 
 
 class Conversation(_Model):
     """A finished conversation of user ``uid``."""
 
-    id: str = Field(min_length=1, max_length=200)
-    uid: str = Field(min_length=1, max_length=200)
-    created_at: datetime
+    id: Id
+    uid: Id
+    created_at: datetime = Field(json_schema_extra={"pattern": TIMESTAMP_PATTERN})
     language: str = Field(default="en", min_length=2, max_length=35)
-    transcript_segments: list[TranscriptSegment] = Field(default_factory=list)
+    transcript_segments: list[TranscriptSegment] = Field(
+        default_factory=list, max_length=MAX_SEGMENTS
+    )
     structured: Structured = Field(default_factory=Structured)
+
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        # Checked on the text, before pydantic parses it: a year-1 date with a +14:00
+        # offset would otherwise overflow when converted to UTC later.
+        if isinstance(value, str) and not _TIMESTAMP.match(value):
+            raise ValueError(
+                f"created_at {value!r} is not an RFC 3339 timestamp with an offset in the "
+                "years 1971-2099; send e.g. 2026-01-01T12:00:00Z"
+            )
+        return value
 
     @field_validator("created_at")
     @classmethod
-    def _aware(cls, value: datetime) -> datetime:
+    def _aware_and_sane(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError(
                 f"created_at {value.isoformat()} has no timezone; "
                 "send it with an offset, e.g. 2026-01-01T12:00:00Z"
+            )
+        try:
+            instant = value.astimezone(UTC)
+        except OverflowError:
+            instant = EARLIEST
+        if not EARLIEST <= instant < LATEST:
+            raise ValueError(
+                f"created_at {value.isoformat()} is outside 1970-2099; send the moment the "
+                "conversation completed, e.g. 2026-01-01T12:00:00Z"
             )
         return value
 
@@ -83,7 +126,7 @@ class Conversation(_Model):
     @field_validator("transcript_segments")
     @classmethod
     def _short_enough(cls, value: list[TranscriptSegment]) -> list[TranscriptSegment]:
-        size = sum(len(segment.text.encode()) for segment in value)
+        size = sum(len(segment.text.encode("utf-8", "surrogatepass")) for segment in value)
         if size > MAX_TRANSCRIPT_BYTES:
             raise PydanticCustomError(
                 TOO_LARGE,

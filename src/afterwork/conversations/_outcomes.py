@@ -21,7 +21,7 @@ from typing import Any
 import afterwork as aw
 
 from ._models import ConversationCompleted
-from ._store import Store, upsert_conversation, utc_now
+from ._store import Claim, Store, claim_conversation, utc_now
 
 _UPSERT = (
     "INSERT INTO job_outcomes (conversation_id, job, status, attempts, duration_s, error, "
@@ -32,10 +32,16 @@ _UPSERT = (
 )
 
 
-def receive(store: Store, event: ConversationCompleted) -> None:
-    """Store the conversation (or its new body, when it is received again)."""
+def receive(store: Store, event: ConversationCompleted) -> Claim:
+    """Store the conversation for its owner; ``Claim.CONFLICT`` if another uid owns it."""
     with store.transaction() as conn:
-        upsert_conversation(conn, event.conversation)
+        return claim_conversation(conn, event.conversation)
+
+
+def forget(store: Store, conversation_id: str) -> None:
+    """Remove a conversation just created whose admission then failed: nothing half-done."""
+    with store.transaction() as conn:
+        conn.execute("DELETE FROM conversations WHERE id = ? AND received = 1", (conversation_id,))
 
 
 def save_reports(store: Store, reports: Sequence[aw.Report]) -> None:

@@ -34,7 +34,7 @@ from ._metrics import Metrics
 from ._models import ConversationCompleted
 from ._reports import ReportWriter
 from ._settings import ServiceSettings
-from ._store import Store
+from ._store import Claim, Store
 from ._webhook import RetryPolicy
 
 T = TypeVar("T")
@@ -59,13 +59,34 @@ class Service:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.request_limiter)
 
     async def admit(self, event: ConversationCompleted) -> aw.Handle:
-        """Store the conversation and admit it, or raise ``Overloaded``/``DispatcherClosed``.
+        """Take room, claim the conversation for its uid, and admit it.
 
-        It returns once the admission is in the journal, and never waits for room: a full
-        dispatcher answers at once (503).
+        Room comes first and is never waited for: a full or draining dispatcher refuses at
+        once (``Overloaded``/``DispatcherClosed``: a 503) and nothing is written. Another
+        uid's conversation id raises ``OwnershipConflict`` (a 409) and changes nothing. It
+        returns once the admission is in the journal; if that fails, a conversation this
+        request created is removed again, so a refusal leaves nothing half-done.
         """
-        await self.blocking(_outcomes.receive, self.store, event)
-        return await self.dispatcher.submit(self.pipeline, event, timeout=0)
+        conversation = event.conversation
+        async with self.dispatcher.reserve(timeout=0) as room:
+            claim = await self.blocking(_outcomes.receive, self.store, event)
+            if claim is Claim.CONFLICT:
+                raise OwnershipConflict(
+                    f"conversation {conversation.id!r} belongs to another user; a conversation "
+                    "belongs to the uid that first posted it: post it with that uid, or use "
+                    "a new id"
+                )
+            try:
+                return await room.submit(self.pipeline, event)
+            except BaseException:
+                if claim is Claim.CREATED:
+                    with anyio.CancelScope(shield=True):
+                        await self.blocking(_outcomes.forget, self.store, conversation.id)
+                raise
+
+
+class OwnershipConflict(aw.AfterworkError):
+    """A conversation id posted with a uid other than its owner's (a 409)."""
 
 
 def http_client(settings: ServiceSettings) -> httpx.AsyncClient:
@@ -120,6 +141,7 @@ async def run_service(
         await anyio.to_thread.run_sync(store.initialise, limiter=limiter)
         pipeline = build_pipeline(services)
         reports = ReportWriter(store)
+        metrics: Metrics = app.state.metrics
 
         async def on_report(report: aw.Report) -> None:  # replayed reports come here too
             metrics.observe(report)
@@ -131,9 +153,16 @@ async def run_service(
             pipelines=[pipeline],
             on_report=on_report,
         )
-        metrics = Metrics(dispatcher.stats)
+        if settings.api_token is None:
+            logger.warning(
+                "service.unauthenticated",
+                host=settings.host,
+                hint="no API token: serving this machine only; set AFTERWORK_API_TOKEN to "
+                "require one",
+            )
         try:
             async with _journal_hint(), open_dispatcher(app, dispatcher):
+                metrics.watch(dispatcher.stats)
                 app.state.service = Service(
                     settings=settings,
                     store=store,
@@ -151,5 +180,6 @@ async def run_service(
                 )
                 yield app.state.service
         finally:
+            metrics.watch(None)
             if hasattr(app.state, "service"):
                 del app.state.service

@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,25 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def upsert_conversation(conn: sqlite3.Connection, conversation: Conversation) -> None:
-    """Insert the conversation, or replace its body and count one more receipt."""
-    conn.execute(
+class Claim(Enum):
+    """What storing a conversation did: created it, updated its owner's copy, or refused."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    CONFLICT = "conflict"
+
+
+def claim_conversation(conn: sqlite3.Connection, conversation: Conversation) -> Claim:
+    """Insert the conversation, or, if its owner sends it again, replace its body.
+
+    A conversation belongs to the uid that first posted it: the same id from another uid
+    changes nothing (``Claim.CONFLICT``). One statement, so two racing posts cannot both win.
+    """
+    cursor = conn.execute(
         "INSERT INTO conversations (id, uid, created_at, body) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (id) DO UPDATE SET body = excluded.body, uid = excluded.uid, "
-        "created_at = excluded.created_at, received = received + 1",
+        "ON CONFLICT (id) DO UPDATE SET body = excluded.body, created_at = excluded.created_at, "
+        "received = received + 1 WHERE conversations.uid = excluded.uid "
+        "RETURNING received",
         (
             conversation.id,
             conversation.uid,
@@ -44,6 +58,10 @@ def upsert_conversation(conn: sqlite3.Connection, conversation: Conversation) ->
             conversation.model_dump_json(),
         ),
     )
+    row = cursor.fetchone()
+    if row is None:
+        return Claim.CONFLICT
+    return Claim.CREATED if row[0] == 1 else Claim.UPDATED
 
 
 class Store:
@@ -91,10 +109,18 @@ class Store:
 
     # -- conversations ----------------------------------------------------------------------
 
-    def save_conversation(self, conversation: Conversation) -> None:
-        """Insert the conversation, or replace its body if it was received before."""
+    def save_conversation(self, conversation: Conversation) -> Claim:
+        """Store the conversation for its owner (see ``claim_conversation``)."""
         with self.transaction() as conn:
-            upsert_conversation(conn, conversation)
+            return claim_conversation(conn, conversation)
+
+    def owner(self, conversation_id: str) -> str | None:
+        """The uid a conversation belongs to, or None if it was never received."""
+        with self.connect() as conn:
+            row = conn.execute(
+                "SELECT uid FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+        return None if row is None else str(row["uid"])
 
     def conversation(self, conversation_id: str) -> Conversation | None:
         with self.connect() as conn:

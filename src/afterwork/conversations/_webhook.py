@@ -1,4 +1,4 @@
-"""Webhook delivery: retries on a schedule, an idempotency key, and a dead letter at the end.
+"""Webhook delivery: one POST per job attempt, retries on a schedule, a dead letter at the end.
 
 The rules, in the order they apply to each attempt's answer:
 
@@ -6,12 +6,15 @@ The rules, in the order they apply to each attempt's answer:
 - a 4xx other than 408 and 429 means the endpoint refuses this payload, and sending it again
   will not change that: no retry;
 - a 408, a 429, a 5xx or a network error is retried after the next delay of the schedule
-  (1 s, 5 s, 30 s by default), or after the endpoint's ``Retry-After`` if it sent one;
+  (1 s, 5 s, 30 s by default), or after the endpoint's ``Retry-After`` (up to a cap) if it
+  sent one. The job raises ``RetryLater`` and the dispatcher waits: a short wait in place, a
+  wait longer than ``park_after`` parked, holding no admission room (a throttling endpoint
+  never blocks other users' conversations);
 - when no retry is left, the payload goes to ``webhook_dead_letters`` and the job fails.
 
 Every attempt carries ``Idempotency-Key: <the job's idempotency key>``, the same on every
-attempt, retry and replay, so an endpoint can drop duplicates. A delivery that already
-succeeded is not sent again when the job runs again.
+attempt, retry, follow-up and replay, so an endpoint can drop duplicates. A delivery that
+already succeeded is not sent again when the job runs again. URLs in errors are redacted.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import anyio
 import httpx
 
-from afterwork import JobContext
+from afterwork import JobContext, RetryLater
 
+from ._redact import redact
 from ._store import Store, utc_now
 
 
@@ -38,7 +41,7 @@ class RetryPolicy:
     """Delays between attempts (so ``len(delays) + 1`` attempts), and the cap on Retry-After."""
 
     delays: tuple[float, ...] = (1.0, 5.0, 30.0)
-    max_retry_after: float = 60.0
+    max_retry_after: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ async def post_once(client: httpx.AsyncClient, url: str, payload: object, key: s
     try:
         response = await client.post(url, json=payload, headers={"Idempotency-Key": key})
     except httpx.HTTPError as error:
-        return Attempt(None, f"{type(error).__name__}: {error}", None)
+        return Attempt(None, redact(f"{type(error).__name__}: {error}"), None)
     failure = None if response.is_success else f"HTTP {response.status_code}"
     hint = parse_retry_after(response.headers.get("Retry-After"))
     return Attempt(response.status_code, failure, hint)
@@ -120,30 +123,24 @@ async def deliver(
     uid: str,
     url: str,
     payload: dict[str, Any],
-) -> int:
-    """Deliver ``payload`` to ``url`` by the rules above; return the attempts it took."""
+) -> None:
+    """One attempt (``ctx.attempt``) to deliver ``payload`` to ``url`` by the rules above."""
     key = ctx.idempotency_key
     if await ctx.run_sync(delivered_before, store, key):
-        ctx.log.info("webhook.already_delivered", url=url)
-        return 0
-    attempts = len(policy.delays) + 1
-    for number in range(1, attempts + 1):
-        attempt = await post_once(client, url, payload, key)
-        await ctx.run_sync(record_attempt, store, key, uid, url, number, attempt)
-        if attempt.delivered:
-            return number
-        if number == attempts or not attempt.retryable:
-            await ctx.run_sync(dead_letter, store, key, uid, url, payload, number, attempt)
-            why = "no retries left" if attempt.retryable else "the endpoint refused it"
-            raise WebhookFailed(
-                f"webhook to {url} not delivered after {number} attempt(s) ({why}); last "
-                f"answer: {attempt.error}; the payload is in webhook_dead_letters as {key!r}"
-            )
-        delay = policy.delays[number - 1]
-        if attempt.retry_after is not None:
-            delay = min(attempt.retry_after, policy.max_retry_after)
-        ctx.log.warning(
-            "webhook.retrying", url=url, delivery=number, error=attempt.error, delay_s=delay
+        ctx.log.info("webhook.already_delivered", url=redact(url))
+        return
+    attempt = await post_once(client, url, payload, key)
+    await ctx.run_sync(record_attempt, store, key, uid, url, ctx.attempt, attempt)
+    if attempt.delivered:
+        return
+    if ctx.attempt > len(policy.delays) or not attempt.retryable:
+        await ctx.run_sync(dead_letter, store, key, uid, url, payload, ctx.attempt, attempt)
+        why = "no retries left" if attempt.retryable else "the endpoint refused it"
+        raise WebhookFailed(
+            f"webhook to {redact(url)} not delivered after {ctx.attempt} attempt(s) ({why}); "
+            f"last answer: {attempt.error}; the payload is in webhook_dead_letters as {key!r}"
         )
-        await anyio.sleep(delay)
-    raise AssertionError("unreachable: the loop returns or raises on its last attempt")
+    delay = policy.delays[ctx.attempt - 1]
+    if attempt.retry_after is not None:
+        delay = min(attempt.retry_after, policy.max_retry_after)
+    raise RetryLater(delay, f"webhook to {redact(url)}: {attempt.error}")

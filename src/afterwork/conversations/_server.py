@@ -1,0 +1,132 @@
+"""Running the service under uvicorn: slow clients cut off, and a shutdown that fits.
+
+- **Header deadline.** uvicorn waits as long as a client likes for a request's headers, so a
+  client trickling a byte every few seconds holds a connection forever. ``DeadlineH11`` gives
+  every request (the first on a connection, and each one after on keep-alive) until
+  ``header_timeout_s`` for its headers, then answers 408 and closes. The body has its own
+  deadline (``_http.LimitBody``).
+- **Shutdown within ``drain_timeout`` + 2 s.** On SIGTERM uvicorn first waits for open
+  requests, and only then runs the lifespan's shutdown, which drains the dispatcher: two
+  waits, one after the other. ``ServiceServer`` starts the drain the moment the shutdown
+  begins, beside uvicorn's wait, so a request waiting for its report (``?wait=true``) gets
+  it, or a 503 with ``Retry-After`` at the drain deadline, and both waits end together.
+- **Exit even with a hung thread.** A job's thread hung past its timeout is not a daemon
+  thread, and would keep the interpreter from exiting; once the service is shut down and
+  has logged ``dispatcher.threads_abandoned``, ``exit_now`` ends the process regardless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from typing import Any
+
+import structlog
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ._settings import ServiceSettings
+
+logger = structlog.get_logger("afterwork.conversations")
+
+#: Beyond drain_timeout, what uvicorn may take to see the last responses out.
+SHUTDOWN_MARGIN_S = 1.0
+
+
+class DeadlineH11(H11Protocol):
+    """uvicorn's h11 protocol, with a deadline for each request's headers."""
+
+    header_timeout: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request's headers arrived in full
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        # Armed first: uvicorn may start a pipelined request right away, which disarms it.
+        if not self.transport.is_closing():
+            self._arm()  # the next request on this connection gets the same deadline
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if getattr(self, "_deadline", None) is not None:
+            assert self._deadline is not None
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        body = (
+            f"the request's headers did not arrive within {self.header_timeout:g} s "
+            "(AFTERWORK_HEADER_TIMEOUT_S)\n"
+        ).encode()
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        self.transport.close()
+
+
+def protocol(settings: ServiceSettings) -> type[H11Protocol]:
+    """The h11 protocol class with this service's header deadline."""
+    return type("ServiceH11", (DeadlineH11,), {"header_timeout": settings.header_timeout_s})
+
+
+class ServiceServer(uvicorn.Server):
+    """A uvicorn server that begins the dispatcher's drain as soon as it starts shutting down."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.service_app = app
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        service = getattr(self.service_app.state, "service", None)
+        if service is not None:
+            service.dispatcher.close()  # refuse new work now; the drain runs meanwhile
+        await super().shutdown(sockets)
+
+
+def config(app: FastAPI, settings: ServiceSettings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's configuration for the service."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "http": protocol(settings),
+        # Open requests get the drain's time, not a second one after it.
+        "timeout_graceful_shutdown": max(1, int(settings.drain_timeout + SHUTDOWN_MARGIN_S)),
+        "log_config": None,  # uvicorn's records go to the handler configure_logging set up
+        "access_log": False,  # the service logs http.request itself, without headers
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)
+
+
+def exit_now(code: int) -> None:
+    """Exit even if threads hung past their timeout still run (they are not daemons)."""
+    hung = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    if not hung:
+        sys.exit(code)
+    logger.warning("service.exit_abandoning_threads", threads=len(hung))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

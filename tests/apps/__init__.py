@@ -1,0 +1,1 @@
+"""Small programs the subprocess tests run with ``sys.executable``."""
