@@ -34,6 +34,7 @@ class Delayed:
         self._heap: list[tuple[float, int, Completion]] = []
         self._order = itertools.count()
         self._changed = anyio.Event()
+        self._waiters: set[anyio.CancelScope] = set()
 
     def __len__(self) -> int:
         return self.max_delayed - self._slots.value
@@ -50,10 +51,21 @@ class Delayed:
         return True
 
     async def wait_for_slot(self, timeout: float | None) -> bool:
-        with anyio.move_on_after(math.inf if timeout is None else timeout):
-            await self._slots.acquire()
-            return True
+        """Wait up to ``timeout`` for a slot; False on timeout or when refused by a drain."""
+        with anyio.CancelScope() as scope:
+            self._waiters.add(scope)
+            try:
+                with anyio.move_on_after(math.inf if timeout is None else timeout):
+                    await self._slots.acquire()
+                    return True
+            finally:
+                self._waiters.discard(scope)
         return False
+
+    def refuse_waiters(self) -> None:
+        """Wake every caller waiting for a slot (a drain began): they get none."""
+        for scope in self._waiters:
+            scope.cancel()
 
     def give_back_slot(self) -> None:
         self._slots.release()

@@ -267,6 +267,7 @@ class Dispatcher:
     def _prepare(
         self, host: Host, pipeline: Pipeline[E], event: E | Mapping[str, Any], delay: float | None
     ) -> Completion:
+        _intake.check_loop(host, "submit")  # before anything is registered
         if self._journal is not None and isinstance(pipeline, Pipeline):
             self.register(pipeline)
         return _intake.prepare(

@@ -239,7 +239,8 @@ class Host:
         """Admit a replayed completion once there is room (or a slot, if it is not due yet);
         False when a drain began meanwhile."""
         if completion.due_at is not None and completion.due_at > datetime.now(UTC):
-            await self.delayed.wait_for_slot(None)
+            if not await self.delayed.wait_for_slot(None):
+                return False
             self.counters.admitted += 1
             self.schedule(completion)
             return True
@@ -355,6 +356,7 @@ class Host:
             drain_timeout_s=self.drain_timeout,
         )
         self.admission.refuse_waiters()
+        self.delayed.refuse_waiters()
         self._background_scope.cancel()  # what replay has not re-admitted stays in the journal
         deadline = self._stop_time + self.drain_timeout
         assert self.runtime is not None

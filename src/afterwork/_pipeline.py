@@ -183,7 +183,7 @@ class Pipeline(Generic[E]):
         if not (isinstance(event, type) and issubclass(event, BaseModel)):
             raise InvalidOption(
                 f"Pipeline {name!r}: event must be a pydantic BaseModel subclass, got "
-                f"{event!r}; pass the model class, e.g. Pipeline({name!r}, event=MyEvent, ...)"
+                f"{event!r}; pass the model class, e.g. Pipeline({name!r}, event=MyEvent, key=...)"
             )
         check_callable(key, what=f"Pipeline {name!r} key", n_args=1)
         self.event = event

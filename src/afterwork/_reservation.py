@@ -90,6 +90,7 @@ class Reservation:
                 "this reservation holds no place (it was used, or not entered); use "
                 "'async with dispatcher.reserve() as room:' and submit once inside it"
             )
+        host.open_or_raise(pipeline)  # a drain that began meanwhile refuses it, as any submit
         completion = self._prepare(host, pipeline, event, None)
         self._host = None  # filled: the place now belongs to the completion
         return await _intake.enter(host, completion)
