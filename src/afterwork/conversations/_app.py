@@ -123,8 +123,9 @@ def _service(request: Request) -> Service:
     return service
 
 
-def _json_body(request: Request) -> None:
-    """415 unless the body is declared JSON: checked before the body is validated."""
+async def _json_body(request: Request) -> None:
+    """415 unless the body is declared JSON: checked before the body is validated. Async,
+    so FastAPI runs it on the loop, not in a thread of its pool."""
     declared = request.headers.get("content-type", "")
     parsed = email.message.Message()
     parsed["content-type"] = declared

@@ -112,6 +112,8 @@ def expectations(
     broken = job("update_personas/*", "failed") == broken_users
     broken = broken and job("update_personas/*", "succeeded") >= refreshes
     exported = store.count("action_items", "exported_at IS NOT NULL")
+    throttled = world.conversations_of("throttle")
+    parked = job("conversation_created_webhook", "deferred")
     saved = store.count("job_outcomes", "job = 'extract_memories'")
     after = snapshot(store)
     return [
@@ -119,6 +121,8 @@ def expectations(
         ("reprocess skipped the first-time-only jobs", skipped, f"{r} skipped each"),
         ("no job timed out or was cancelled", stalled == 0, f"{stalled} did"),
         ("webhooks delivered", len(receiver.delivered) == delivered, f"{delivered} expected"),
+        ("throttled webhooks parked (no room held), then delivered", parked == throttled > 0,
+         f"{parked} parked of {throttled} throttled"),
         ("webhook attempts as the rules say", store.count("webhook_deliveries") == attempts,
          f"{attempts} expected"),
         ("dead letters where endpoints are down or refuse", letters == dead == webhook_failed,
