@@ -194,7 +194,7 @@ def test_pipeline_arguments_are_checked() -> None:
         aw.Pipeline("x", event=dict, key=lambda e: e)  # type: ignore[type-var]
     assert str(info.value) == (
         "Pipeline 'x': event must be a pydantic BaseModel subclass, got <class 'dict'>; pass "
-        "the model class, e.g. Pipeline('x', event=MyEvent, ...)"
+        "the model class, e.g. Pipeline('x', event=MyEvent, key=...)"
     )
     with pytest.raises(aw.InvalidJob, match=r"^Pipeline 'x' key must be a function"):
         aw.Pipeline("x", event=Ev, key="id")  # type: ignore[arg-type]

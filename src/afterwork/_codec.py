@@ -59,9 +59,17 @@ def encode(model: type[BaseModel], event: BaseModel) -> bytes:
         ) from None
     try:
         back = decode(model, data)
+    except pydantic.ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in (type(event).__name__, *problem["loc"]))
+        raise InvalidEvent(
+            f"field {where} does not read back from its own JSON ({problem['msg']}); give it "
+            f"a value JSON keeps exactly (finite floats, say), {_FIX}"
+        ) from None
     except Exception as error:  # any validator may raise anything on odd input
         raise InvalidEvent(
-            f"{type(event).__name__} does not read back from its own JSON ({error}); {_FIX}"
+            f"{type(event).__name__} does not read back from its own JSON "
+            f"({type(error).__name__}: {error}); {_FIX}"
         ) from None
     if back != event:
         where = _first_difference(event, back, type(event).__name__) or type(event).__name__
@@ -126,7 +134,7 @@ def _first_difference(original: BaseModel, back: BaseModel, prefix: str) -> str 
     theirs = dict(_items(back))
     for field, value in _items(original):
         other = theirs.get(field)
-        if isinstance(value, BaseModel) and isinstance(other, BaseModel):
+        if isinstance(value, BaseModel) and isinstance(other, type(value)):
             inner = _first_difference(value, other, f"{prefix}.{field}")
             if inner is not None:
                 return inner
@@ -135,8 +143,10 @@ def _first_difference(original: BaseModel, back: BaseModel, prefix: str) -> str 
             return f"field {prefix}.{field} ({kinds})"
         elif value != other:
             return f"field {prefix}.{field} (its value changes)"
-    if original.__pydantic_private__ != back.__pydantic_private__:
-        return f"the private attributes of {prefix}"
+    mine, kept = original.__pydantic_private__ or {}, back.__pydantic_private__ or {}
+    for name, value in mine.items():
+        if kept.get(name) != value:
+            return f"private attribute {prefix}.{name} (the journal keeps fields only)"
     return None
 
 

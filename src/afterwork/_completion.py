@@ -132,12 +132,17 @@ class Completion:
             self._spawned_by.clear()
         return self.report
 
-    def give_up(self, error: str) -> Report:
-        """Finish without running anything: every planned job failed with ``error``."""
+    def give_up(self, error: str, attempts: int = 0) -> Report:
+        """Finish without running anything more: every planned job failed with ``error``
+        (poison: ``attempts`` is how often it started, each start a crash)."""
         for name in sorted(self.unfinished):
             self.record(
                 JobOutcome(
-                    job=name, status=JobStatus.FAILED, attempts=0, duration_s=0.0, error=error
+                    job=name,
+                    status=JobStatus.FAILED,
+                    attempts=attempts,
+                    duration_s=0.0,
+                    error=error,
                 )
             )
         return self._finish_unrun()

@@ -130,7 +130,8 @@ class SqliteJournal:
                 f"cannot open the journal at {str(self.path)!r}: its directory does not exist "
                 "or is not writable; pass journal= a path in a writable directory"
             )
-        lock = OwnerLock(self.path)
+        # The lock goes beside the file itself: two paths to one file (a symlink) share it.
+        lock = OwnerLock(self.path.resolve(), shown=self.path)
         lock.acquire()
         try:
             self._inspect()
@@ -261,10 +262,10 @@ class SqliteJournal:
         """Put the quarantined completions of ``key`` (or with id ``key``) back, to run at the
         next start; return their ids. Refused (``JournalError``) while a process owns the
         journal. Blocks."""
-        owner = owner_of(self.path)
+        owner = owner_of(self.path.resolve())
         if owner is not None:
             raise JournalError(owned_message(self.path, owner))
-        lock = OwnerLock(self.path)
+        lock = OwnerLock(self.path.resolve(), shown=self.path)
         lock.acquire()
         try:
             self._inspect()
@@ -300,6 +301,8 @@ def _foreign(app: int, version: int, tables: set[str]) -> str | None:
                 f"format {db.SCHEMA_VERSION} only"
             )
         return None
+    if app != 0:
+        return f"it is another application's SQLite database (application_id {app:#x})"
     if not tables:
         return None  # an empty database: it becomes a journal
     if tables == db.TABLES:

@@ -196,7 +196,10 @@ def _put_jobs(conn: sqlite3.Connection, cid: str, records: Iterable[JobRecord]) 
 
 
 def mark_running(conn: sqlite3.Connection, cid: str) -> None:
-    conn.execute("UPDATE completions SET state = 'running' WHERE id = ?", (cid,))
+    """Mark a completion as running; fails if its admission never reached the file, so a
+    completion that is not on disk never starts."""
+    if conn.execute("UPDATE completions SET state = 'running' WHERE id = ?", (cid,)).rowcount != 1:
+        raise sqlite3.IntegrityError(f"completion {cid} was never recorded as admitted")
 
 
 def interrupt(conn: sqlite3.Connection, cid: str) -> None:

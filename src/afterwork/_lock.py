@@ -22,8 +22,9 @@ def lock_path(journal: Path) -> Path:
 class OwnerLock:
     """The exclusive lock on ``journal``'s lock file, held from ``acquire`` to ``release``."""
 
-    def __init__(self, journal: Path) -> None:
+    def __init__(self, journal: Path, shown: Path | None = None) -> None:
         self.journal = journal
+        self.shown = journal if shown is None else shown  # the path as the user gave it
         self.path = lock_path(journal)
         self._fd: int | None = None
 
@@ -41,7 +42,7 @@ class OwnerLock:
         except BlockingIOError:
             owner = _read_pid(fd)
             os.close(fd)
-            raise JournalError(owned_message(self.journal, owner)) from None
+            raise JournalError(owned_message(self.shown, owner)) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

@@ -16,6 +16,7 @@ its report marks its unfinished jobs failed, and ``journal.poisoned`` is logged.
 from __future__ import annotations
 
 import contextvars
+import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -39,8 +40,18 @@ if TYPE_CHECKING:
 
 
 def log_context(context: contextvars.Context) -> dict[str, Any]:
-    """The structlog context variables bound in ``context`` (a request id, say)."""
-    return context.run(structlog.contextvars.get_contextvars)
+    """The structlog context variables bound in ``context`` (a request id, say), each as
+    JSON can keep it: a value that is not JSON (or refers to itself) is kept as its repr."""
+    variables = context.run(structlog.contextvars.get_contextvars)
+    return {str(name): _json_safe(value) for name, value in variables.items()}
+
+
+def _json_safe(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
 
 
 def context_with(variables: Mapping[str, Any]) -> contextvars.Context:
@@ -244,7 +255,7 @@ async def _quarantine_poison(
         crashes=row.crashes,
         jobs=sorted(completion.unfinished),
     )
-    report = completion.give_up(f"JournalError: {message}")
+    report = completion.give_up(f"JournalError: {message}", attempts=row.crashes)
     await host.deliver(completion, report)
     # Quarantined only once its report is handed on: a crash in between delivers it again.
     journal.put_nowait(partial(db.quarantine, cid=row.id, reason="poisoned", error=message))
