@@ -130,6 +130,8 @@ class ThreadBudget:
         # Calls whose caller left while the thread still runs; pruned as each thread returns.
         self._overdue: set[_ThreadCall[Any]] = set()
         self._live: set[_ThreadCall[Any]] = set()
+        #: Called on the loop whenever a thread returns its token (a waiting consumer).
+        self.on_release: Callable[[], None] | None = None
         # Callers inside run_sync now, and an event set whenever there are none.
         self._callers = 0
         self._no_callers = anyio.Event()
@@ -261,6 +263,8 @@ class ThreadBudget:
             if call.lease is not None:
                 call.lease.drop()
             call.finished.set()
+            if self.on_release is not None:
+                self.on_release()
 
 
 def _name_of(fn: Callable[..., object]) -> str:

@@ -94,11 +94,12 @@ class Dispatcher:
         self._pipelines: dict[str, Pipeline[Any]] = {}
         self.register(*pipelines)
         self._counters = Counters()
-        self._recorder: Recorder = (
-            NullRecorder() if self._journal is None else JournalRecorder(self._journal)
-        )
+        self._recorder = self._make_recorder()
         self._state = DispatcherState.NEW
         self._host: Host | None = None  # made on entry: it binds to the loop
+
+    def _make_recorder(self) -> Recorder:  # a subclass may record elsewhere (in Redis)
+        return NullRecorder() if self._journal is None else JournalRecorder(self._journal)
 
     def __repr__(self) -> str:
         pending = len(self._host.admission.pending) if self._host is not None else 0

@@ -96,6 +96,7 @@ class Host:
         self._startup_error: BaseException | None = None
         self._task: object = None
         self._abandoned: list[str] = []
+        self._capacity_changed = anyio.Event()
         # Unfinished completions by (pipeline, key): admitted, delayed, or awaiting replay.
         self._by_key: dict[tuple[str, str], set[Completion]] = {}
         self.runtime: Runtime | None = None
@@ -250,6 +251,16 @@ class Host:
         self.admit(completion, first=first)
         return True
 
+    async def wait_for_capacity(self) -> None:
+        """Wait until a new completion would be admitted and start at once, with no call
+        queued for a thread: the moment a consumer pulling from a queue may take one more."""
+        assert self.runtime is not None
+        budget = self.runtime.budget
+        while not (self.admission.can_start_now and budget.waiting == 0):
+            changed = self._capacity_changed = anyio.Event()
+            budget.on_release = changed.set
+            await changed.wait()
+
     def end_isolation(self) -> None:
         for ready in self.admission.set_max_active(self._max_active):
             self._start(ready)
@@ -293,6 +304,7 @@ class Host:
                 self._start(ready)
             if self._draining and not self.admission.pending:
                 self._drained.set()
+            self._capacity_changed.set()
 
     async def _hand_on(self, completion: Completion, report: Report) -> None:
         """The report goes to ``on_report`` and the recorder before any waiter wakes, and

@@ -7,6 +7,7 @@
   checked; exits 1 if anything it expected did not happen.
 - ``afterwork journal list PATH`` and ``afterwork journal requeue PATH KEY``: the operator's
   view of a journal (see ``_journal_cli``).
+- ``afterwork worker --broker URL --pipelines MODULE:ATTR``: run jobs from a Redis queue.
 - ``afterwork bench [ARGS...]``: the benchmarks, as ``python -m benchmarks ARGS...``.
 - ``afterwork --version``.
 """
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _demo_parser(commands)
     _journal_cli.add_parser(commands)
+    _worker_parser(commands)
     commands.add_parser(
         "bench", help="run the benchmarks (arguments go to 'python -m benchmarks')", add_help=False
     )
@@ -80,6 +82,24 @@ def _demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="where the database, log and plot go",
     )  # fmt: skip
     demo.add_argument("--seed", type=int, default=7, help="seed of the generated conversations")
+
+
+def _worker_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        from .taskiq import _cli
+    except ImportError:  # the taskiq extra is not installed
+        commands.add_parser("worker", help="run jobs from a Redis queue (needs afterwork[taskiq])")
+        return
+    _cli.add_parser(commands)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    try:
+        from .taskiq import _cli
+    except ImportError:
+        print("afterwork worker: install afterwork[taskiq] first", file=sys.stderr)
+        return USAGE_ERROR
+    return _cli.run(args)
 
 
 def _settings_help() -> str:
@@ -126,8 +146,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _run_server(settings: ServiceSettings) -> int:
+    from ._process import exit_now
     from .conversations import configure_logging, create_app
-    from .conversations._server import ServiceServer, config, exit_now
+    from .conversations._server import ServiceServer, config
 
     configure_logging(level=logging.getLevelNamesMapping()[settings.log_level.upper()])
     app = create_app(settings)
@@ -164,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "journal":
         return _journal_cli.run(args, sys.stdout, sys.stderr)
+    if args.command == "worker":
+        return _worker(args)
     return serve(args) if args.command == "serve" else demo(args)
 
 

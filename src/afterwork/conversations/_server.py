@@ -10,17 +10,12 @@
   waits, one after the other. ``ServiceServer`` starts the drain the moment the shutdown
   begins, beside uvicorn's wait, so a request waiting for its report (``?wait=true``) gets
   it, or a 503 with ``Retry-After`` at the drain deadline, and both waits end together.
-- **Exit even with a hung thread.** A job's thread hung past its timeout is not a daemon
-  thread, and would keep the interpreter from exiting; once the service is shut down and
-  has logged ``dispatcher.threads_abandoned``, ``exit_now`` ends the process regardless.
+- **Exit even with a hung thread.** See ``afterwork._process.exit_now``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
-import threading
 from typing import Any
 
 import structlog
@@ -119,14 +114,3 @@ def config(app: FastAPI, settings: ServiceSettings, **overrides: Any) -> uvicorn
         **overrides,
     }
     return uvicorn.Config(app, **options)
-
-
-def exit_now(code: int) -> None:
-    """Exit even if threads hung past their timeout still run (they are not daemons)."""
-    hung = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
-    if not hung:
-        sys.exit(code)
-    logger.warning("service.exit_abandoning_threads", threads=len(hung))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
