@@ -218,11 +218,12 @@ class Completion:
 
     def _runs_already(self, child: str) -> bool:
         """Whether a respawned child is left alone: still running from an earlier attempt,
-        or done (succeeded or skipped) in this run or before a restart or a parking."""
+        parked (its follow-up runs it), or done (succeeded or skipped) in this run or
+        before a restart or a parking."""
         if child in self.unfinished:
             return True
         done = self._outcomes.get(child) or self.plan.prior.get(child)
-        return done is not None and done.status.is_ok
+        return done is not None and (done.status.is_ok or done.status is JobStatus.DEFERRED)
 
     def _start(self, spec: JobSpec, args: tuple[object, ...]) -> None:
         assert self._group is not None

@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import math
 
+#: The longest wait afterwork schedules (a delay, a RetryLater): a year.
+MAX_WAIT_S = 366 * 24 * 3600.0
+
 
 class AfterworkError(Exception):
     """Base class of the exceptions that afterwork raises."""
@@ -98,11 +101,11 @@ class RetryLater(AfterworkError):
         if (
             isinstance(seconds, bool)
             or not isinstance(seconds, int | float)
-            or not (math.isfinite(seconds) and seconds >= 0)
+            or not (math.isfinite(seconds) and 0 <= seconds <= MAX_WAIT_S)
         ):
             raise InvalidOption(
-                f"RetryLater seconds must be a finite number >= 0, got {seconds!r}; "
-                "e.g. raise RetryLater(30)"
+                f"RetryLater seconds must be a finite number from 0 to {MAX_WAIT_S:.0f} (a "
+                f"year), got {seconds!r}; e.g. raise RetryLater(30)"
             )
         self.seconds = float(seconds)
         self.reason = reason

@@ -379,24 +379,39 @@ class Host:
             await self.runtime.budget.wait_for_callers()
         unstarted = self.admission.take_queued() + self.delayed.take_all()
         running = list(self.admission.pending)
-        if unstarted or running:
-            self._report_unfinished(running, unstarted)
+        # Named now, before cancelling changes them; reported once the last have ended.
+        names = self._unfinished_jobs(running + unstarted)
         for completion in running:
             completion.scope.cancel()
-        for completion in unstarted:
-            self.recorder.interrupted(completion)
-            self.resolve(completion, completion.never_started())
+        self._leave_unstarted(unstarted)
         if self.admission.pending:
             with anyio.move_on_after(CANCEL_GRACE_S):
                 await self._drained.wait()
+        # Follow-ups of jobs parked by completions that ended during the drain never start
+        # either: kept in the journal (or lost without one), and named with the rest.
+        late = self.delayed.take_all()
+        self._leave_unstarted(late)
+        unstarted += late
+        if names or late:
+            self._report_unfinished(names + self._unfinished_jobs(late), running, unstarted)
 
-    def _report_unfinished(self, running: list[Completion], unstarted: list[Completion]) -> None:
-        jobs = sorted(f"{c.label}:{job}" for c in running + unstarted for job in c.unfinished)
+    def _leave_unstarted(self, completions: list[Completion]) -> None:
+        for completion in completions:
+            self.recorder.interrupted(completion)
+            self.resolve(completion, completion.never_started())
+
+    @staticmethod
+    def _unfinished_jobs(completions: list[Completion]) -> list[str]:
+        return [f"{c.label}:{job}" for c in completions for job in c.unfinished]
+
+    def _report_unfinished(
+        self, jobs: list[str], running: list[Completion], unstarted: list[Completion]
+    ) -> None:
         self.log.warning(
             "dispatcher.unfinished",
             completions=len(running) + len(unstarted),
             never_started=sorted(c.label for c in unstarted),
-            jobs=jobs,
+            jobs=sorted(jobs),
             drain_timeout_s=self.drain_timeout,
             kept_in_journal=self.journal is not None,
         )

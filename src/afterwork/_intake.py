@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from . import _codec
 from ._completion import Completion
 from ._config import Config, call_seconds
-from ._exceptions import InvalidOption, JournalError, Overloaded, UsageError
+from ._exceptions import MAX_WAIT_S, InvalidOption, JournalError, Overloaded, UsageError
 from ._handle import Handle
 from ._host import Host
 from ._loop import is_current
@@ -66,7 +66,7 @@ def prepare(
     host.runtime.lanes.check(pipeline.lanes)
     due = None
     if delay is not None:
-        due = datetime.now(UTC) + timedelta(seconds=call_seconds("delay", delay, "30"))
+        due = datetime.now(UTC) + timedelta(seconds=delay_seconds(delay))
     return Completion(
         host.runtime,
         pipeline,
@@ -77,6 +77,16 @@ def prepare(
         encoded=_codec.encode(pipeline.event, model) if encode else None,
         due_at=due,
     )
+
+
+def delay_seconds(delay: object) -> float:
+    seconds = call_seconds("delay", delay, "30")
+    if seconds > MAX_WAIT_S:
+        raise InvalidOption(
+            f"submit delay must be at most {MAX_WAIT_S:.0f} seconds (a year), got {delay!r}; "
+            "e.g. dispatcher.submit(pipeline, event, delay=30)"
+        )
+    return seconds
 
 
 async def enter(host: Host, completion: Completion) -> Handle:

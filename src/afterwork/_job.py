@@ -174,8 +174,8 @@ class _Job:
             self.fail(error)
             return False
         runtime = self.completion.runtime
+        retry_at = datetime.now(UTC) + timedelta(seconds=wait)  # wait <= MAX_WAIT_S: no overflow
         if runtime.delayed.may_park(wait):
-            retry_at = datetime.now(UTC) + timedelta(seconds=wait)
             self.record(JobStatus.DEFERRED, error_text(error), retry_at=retry_at)
             self.log.info(
                 "job.deferred",

@@ -47,7 +47,9 @@ class JournalJob(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     job: str
-    status: JobStatus | None = Field(description="A final status, or None while unfinished.")
+    status: JobStatus | None = Field(
+        description="A final status, deferred (a follow-up continues it), or None while unfinished."
+    )
     attempts: int
     duration_s: float = 0.0
     error: str | None = None

@@ -76,7 +76,8 @@ _COLUMNS = (
 
 @dataclass(frozen=True)
 class JobRecord:
-    """What the journal knows of one job: a final status, or None while it is unfinished."""
+    """What the journal knows of one job: a final status, deferred (a follow-up continues
+    it), or None while it is unfinished."""
 
     job: str
     status: JobStatus | None
@@ -136,8 +137,11 @@ def _loads_object(text: str) -> dict[str, Any]:
 
 
 def _status(text: str | None) -> JobStatus | None:
+    """A recorded status: final, or deferred (its follow-up runs it); else None."""
     status = JobStatus(text) if text else None
-    return status if status is not None and status.is_final else None
+    if status is not None and (status.is_final or status is JobStatus.DEFERRED):
+        return status
+    return None
 
 
 # -- checks on open ---------------------------------------------------------------------------

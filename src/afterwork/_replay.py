@@ -82,8 +82,8 @@ class JournalRecorder:
 
     def job_finished(self, completion: Completion, outcome: JobOutcome) -> None:
         # A cancelled job (drain deadline) stays unfinished and runs on restart; a parked one
-        # continues in its follow-up's row.
-        if outcome.status.is_final:
+        # is marked deferred here, and continues in its follow-up's row.
+        if outcome.status.is_final or outcome.status is JobStatus.DEFERRED:
             self.journal.put_nowait(partial(db.job_finished, cid=completion.id, outcome=outcome))
 
     def completion_finished(
@@ -128,11 +128,12 @@ def row_of(completion: Completion) -> db.Row:
 def plan_of(pipeline: Pipeline[Any], row: db.Row) -> Plan:
     """What a journal row still has to run: the jobs not finished, and the parents of
     children not finished (a follow-up: only its own job)."""
-    prior = {job: r.outcome() for job, r in row.jobs.items() if r.status is not None}
+    prior = {job: r.outcome() for job, r in row.jobs.items() if r.status and r.status.is_final}
+    handled = {job for job, r in row.jobs.items() if r.status is not None}  # final, or parked
     attempts = {job: r.attempts for job, r in row.jobs.items() if r.status is None and r.attempts}
     open_parents = {job.split("/")[0] for job, r in row.jobs.items() if r.status is None}
     candidates = row.only if row.only is not None else list(pipeline.jobs)
-    run = {j for j in candidates if pipeline.spec(j) and (j not in prior or j in open_parents)}
+    run = {j for j in candidates if pipeline.spec(j) and (j not in handled or j in open_parents)}
     return Plan(
         only=frozenset(run), prior=prior, attempts=attempts, replayed=True, followup=row.followup
     )
