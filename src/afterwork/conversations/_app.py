@@ -33,9 +33,10 @@ from . import _outcomes
 from ._auth import BearerAuth
 from ._extractor import Extractor
 from ._http import AccessLog, LimitBody, Observer, RequestId
+from ._jobs import build_pipeline
 from ._metrics import CONTENT_TYPE, Metrics
 from ._models import ID_PATTERN, TOO_LARGE, ConversationCompleted
-from ._service import OwnershipConflict, Service, run_service
+from ._service import OwnershipConflict, PipelineFactory, Service, run_service
 from ._settings import ServiceSettings
 
 COMPLETED = "/v1/conversations/completed"
@@ -306,15 +307,21 @@ def _protects(settings: ServiceSettings) -> Any:
     return protects
 
 
-def create_app(settings: ServiceSettings, *, extractor: Extractor | None = None) -> FastAPI:
+def create_app(
+    settings: ServiceSettings,
+    *,
+    extractor: Extractor | None = None,
+    jobs: PipelineFactory = build_pipeline,
+) -> FastAPI:
     """The service as an ASGI app; its lifespan opens the store and the dispatcher.
 
-    ``extractor`` replaces the rule-based stand-in for a language model.
+    ``extractor`` replaces the rule-based stand-in for a language model; ``jobs`` builds the
+    pipeline from the services (the seven jobs; a benchmark swaps in no-ops).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with run_service(app, settings, extractor):
+        async with run_service(app, settings, extractor, jobs):
             yield
 
     docs = settings.docs

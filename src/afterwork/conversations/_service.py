@@ -38,6 +38,8 @@ from ._store import Claim, Store
 from ._webhook import RetryPolicy
 
 T = TypeVar("T")
+#: Builds the service's pipeline from its services (``build_pipeline``: the seven jobs).
+PipelineFactory = Callable[[Services], aw.Pipeline[ConversationCompleted]]
 
 logger = structlog.get_logger("afterwork.conversations")
 
@@ -127,7 +129,10 @@ async def _journal_hint() -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def run_service(
-    app: Starlette, settings: ServiceSettings, extractor: Extractor | None = None
+    app: Starlette,
+    settings: ServiceSettings,
+    extractor: Extractor | None = None,
+    jobs: PipelineFactory = build_pipeline,
 ) -> AsyncIterator[Service]:
     """Open everything the service needs for ``app``'s lifetime; drain and close on exit.
 
@@ -139,7 +144,7 @@ async def run_service(
         services = services_for(settings, client, extractor)
         store = services.store
         await anyio.to_thread.run_sync(store.initialise, limiter=limiter)
-        pipeline = build_pipeline(services)
+        pipeline = jobs(services)
         reports = ReportWriter(store)
         metrics: Metrics = app.state.metrics
 
