@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import subprocess
 import sys
@@ -111,7 +112,13 @@ def _settings_help() -> str:
     lines = ["settings (environment variables; flags above override them):"]
     for name, field in ServiceSettings.model_fields.items():
         default = "unset" if field.is_required() else field.get_default(call_default_factory=True)
-        shown = "unset" if default is None else default
+        # The form the variable takes: JSON for a mapping or a list, so it can be pasted.
+        if default is None:
+            shown = "unset"
+        elif isinstance(default, dict | tuple | list | bool):
+            shown = json.dumps(default)
+        else:
+            shown = str(default)
         lines.append(f"  AFTERWORK_{name.upper():<28} {field.description} (default: {shown})")
     return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -159,3 +160,53 @@ def test_user_lines_are_what_the_user_said() -> None:
     conv = conversation(user=("I love tea.",), other=("Hello!",))
     assert conv.user_lines() == ["I love tea."]
     assert conv.transcript() == "I love tea.\nHello!"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kind"),
+    [
+        ("start", '"1.5"', "float_type"),
+        ("start", "true", "float_type"),
+        ("end", '"1"', "float_type"),
+    ],
+)
+def test_a_number_sent_as_a_string_or_a_boolean_is_refused(
+    field: str, value: str, kind: str
+) -> None:
+    """Offsets are JSON numbers: "1.5" and true are refused, not read as 1.5 and 1."""
+    segment = {"speaker": "a", "text": "x", "start": 0, "end": 1}
+    raw = json.dumps(body(transcript_segments=[segment])).replace(
+        f'"{field}": {segment[field]}', f'"{field}": {value}'
+    )
+    with pytest.raises(ValidationError) as error:
+        Conversation.model_validate_json(raw)
+    problem = only_error(error)
+    assert (problem["loc"], problem["type"]) == (("transcript_segments", 0, field), kind)
+
+
+def test_an_integer_offset_is_a_number_of_seconds() -> None:
+    """A JSON integer is a number: 3 seconds is taken as 3.0."""
+    segment = {"speaker": "a", "text": "x", "start": 3, "end": 4}
+    conv = Conversation.model_validate_json(json.dumps(body(transcript_segments=[segment])))
+    assert (conv.transcript_segments[0].start, conv.transcript_segments[0].end) == (3.0, 4.0)
+
+
+@pytest.mark.parametrize("value", [1_700_000_000, 1.7e9, True])
+def test_a_timestamp_sent_as_a_number_is_refused(value: object) -> None:
+    """created_at is RFC 3339 text; a number is not read as seconds since 1970."""
+    with pytest.raises(ValidationError) as error:
+        Conversation.model_validate_json(json.dumps(body(created_at=value)))
+    assert only_error(error)["msg"] == (
+        f"Value error, created_at {value!r} is not an RFC 3339 timestamp; send a string "
+        "such as 2026-01-01T12:00:00Z"
+    )
+
+
+@pytest.mark.parametrize("value", ['"true"', '"yes"', "1", "0"])
+def test_reprocess_is_true_or_false(value: str) -> None:
+    """reprocess is a JSON boolean: "true", "yes", 1 and 0 are refused."""
+    raw = '{"conversation": ' + json.dumps(body()) + ', "reprocess": ' + value + "}"
+    with pytest.raises(ValidationError) as error:
+        ConversationCompleted.model_validate_json(raw)
+    problem = only_error(error)
+    assert (problem["loc"], problem["type"]) == (("reprocess",), "bool_type")

@@ -101,17 +101,34 @@ def _problem(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": Problem} for status in statuses}
 
 
-RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+CLOSES = {"Connection": {"description": "close", "required": True, "schema": {"type": "string"}}}
 REFUSED: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "No or a wrong bearer token."},
     422: {"model": ValidationProblem, "description": "A field is missing or invalid."},
 }
 ADMISSION: dict[int | str, dict[str, Any]] = {
     **REFUSED,
+    400: {"model": Problem, "description": "The body is not UTF-8 JSON."},
     200: {"model": aw.Report, "description": "With ?wait=true: the completion's report."},
     202: {"model": Admitted, "description": "Admitted: the jobs run in the background."},
     409: {"model": Problem, "description": "Another uid owns this conversation id."},
-    413: {"model": ValidationProblem, "description": "The body or transcript is too large."},
+    408: {
+        "model": Problem,
+        "description": "The body did not arrive in time; the connection closes.",
+        "headers": CLOSES,
+    },
+    413: {
+        "model": Problem | ValidationProblem,
+        "description": "The body (a text detail; the connection closes) or the transcript "
+        "(a list of the fields) is too large.",
+    },
     415: {"model": Problem, "description": "The body is not JSON."},
     503: {"model": Problem, "description": "Overloaded or draining.", "headers": RETRY_AFTER},
 }

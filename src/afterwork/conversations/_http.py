@@ -36,6 +36,8 @@ def too_large(size: int | str, limit: int) -> HTTPException:
         413,
         f"the request body is {size} bytes, more than the limit of {limit}; "
         "send a smaller conversation or raise AFTERWORK_MAX_BODY_BYTES",
+        # The rest of the body is never read, so the connection cannot carry another request.
+        headers={"Connection": "close"},
     )
 
 
@@ -155,6 +157,9 @@ class LimitBody:
                 408,
                 f"the request body did not arrive within {self.timeout:g} s; send it at "
                 "once (AFTERWORK_BODY_TIMEOUT_S)",
+                # The rest of the body may still come; the connection cannot carry another
+                # request after it, so it closes.
+                headers={"Connection": "close"},
             )
 
         await self.app(scope, counted, send)

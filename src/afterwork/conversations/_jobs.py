@@ -40,7 +40,7 @@ JOB_OPTIONS: dict[str, dict[str, Any]] = {
     "extract_trends": _LLM,
     "save_action_items": _LLM,
     "update_goal_progress": {},
-    "conversation_created_webhook": {"when": is_new, "lane": HTTP_LANE},
+    "conversation_created_webhook": {"when": is_new},
     "update_personas": {"when": is_new},
 }
 JOBS = tuple(JOB_OPTIONS)

@@ -6,8 +6,10 @@ tells clients exactly what is accepted:
 - ids and uids: 1 to 128 characters of ``A-Z a-z 0-9 . _ : -``, starting with a letter or a
   digit. They become URL path segments, header values and idempotency keys, so nothing
   outside that alphabet is taken, and nothing is stripped or rewritten silently;
-- numbers: finite (``NaN``, ``Infinity`` and ``1e400`` are refused), within a range;
-- ``created_at``: an RFC 3339 timestamp with an offset, in the years 1971 to 2099, so it
+- numbers: finite (``NaN``, ``Infinity`` and ``1e400`` are refused), within a range, and
+  numbers in the JSON (``"1.5"`` and ``true`` are refused); ``reprocess`` is ``true`` or
+  ``false``;
+- ``created_at``: a string, an RFC 3339 timestamp with an offset, in the years 1971 to 2099, so it
   converts to UTC without overflowing; the check is also a pattern in the schema.
 """
 
@@ -39,7 +41,8 @@ EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo
 _TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
-Seconds = Annotated[float, Field(ge=0, le=MAX_OFFSET_S, allow_inf_nan=False)]
+#: Strict: a number, never a numeric string or a boolean.
+Seconds = Annotated[float, Field(ge=0, le=MAX_OFFSET_S, allow_inf_nan=False, strict=True)]
 
 
 class _Model(BaseModel):
@@ -83,6 +86,13 @@ class Conversation(_Model):
     def _rfc3339(cls, value: object) -> object:
         # Checked on the text, before pydantic parses it: a year-1 date with a +14:00
         # offset would otherwise overflow when converted to UTC later.
+        if not isinstance(value, str | datetime):
+            # pydantic would read a number as seconds since 1970: refused, like any
+            # timestamp that does not say its offset.
+            raise ValueError(
+                f"created_at {value!r} is not an RFC 3339 timestamp; send a string such as "
+                "2026-01-01T12:00:00Z"
+            )
         if isinstance(value, str) and not _TIMESTAMP.match(value):
             raise ValueError(
                 f"created_at {value!r} is not an RFC 3339 timestamp with an offset in the "
@@ -149,7 +159,7 @@ class ConversationCompleted(_Model):
     """The event: a conversation completed (or is processed again, with ``reprocess``)."""
 
     conversation: Conversation
-    reprocess: bool = False
+    reprocess: bool = Field(default=False, strict=True)  # true or false; never "yes" or 1
 
 
 def is_new(event: ConversationCompleted) -> bool:

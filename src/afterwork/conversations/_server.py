@@ -2,8 +2,9 @@
 
 - **Header deadline.** uvicorn waits as long as a client likes for a request's headers, so a
   client trickling a byte every few seconds holds a connection forever. ``DeadlineH11`` gives
-  every request (the first on a connection, and each one after on keep-alive) until
-  ``header_timeout_s`` for its headers, then answers 408 and closes. The body has its own
+  every request until ``header_timeout_s`` for its headers, counted from the connection for
+  the first and from its first byte for each one after on keep-alive, then answers 408 and
+  closes. The body has its own
   deadline (``_http.LimitBody``).
 - **Shutdown within ``drain_timeout`` + 2 s.** On SIGTERM uvicorn first waits for open
   requests, and only then runs the lifespan's shutdown, which drains the dispatcher: two
@@ -47,11 +48,13 @@ class DeadlineH11(H11Protocol):
         if self.cycle is not cycle:  # a request's headers arrived in full
             self._disarm()
 
-    def on_response_complete(self) -> None:
-        # Armed first: uvicorn may start a pipelined request right away, which disarms it.
-        if not self.transport.is_closing():
-            self._arm()  # the next request on this connection gets the same deadline
-        super().on_response_complete()
+    def data_received(self, data: bytes) -> None:
+        # The first bytes of the next request on a kept-alive connection start its deadline.
+        # Not earlier: an idle connection between requests is uvicorn's keep-alive timeout's
+        # business, and it closes quietly, where a 408 would answer a request never sent.
+        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm()
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
