@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Annotated, Any
 
+import anyio
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
@@ -90,3 +91,20 @@ def test_all_names_are_exported() -> None:
         if not name.startswith("_") and getattr(value, "__module__", None) == asgi.__name__
     }
     assert set(asgi.__all__) == defined
+
+
+async def test_serving_hands_back_the_blocks_own_exception_and_closes_its_socket() -> None:
+    """A block that raises gets its exception back as is (not in a group), after the server
+    has shut down: the port no longer takes connections."""
+    ports: list[int] = []
+    failure: BaseException | None = None
+    try:
+        async with serving(make_app()) as server:
+            ports.append(server.servers[0].sockets[0].getsockname()[1])
+            raise RuntimeError("the test failed")
+    except BaseException as error:
+        failure = error
+    assert type(failure) is RuntimeError
+    assert str(failure) == "the test failed"
+    with pytest.raises(OSError):
+        await anyio.connect_tcp("127.0.0.1", ports[0])

@@ -1,8 +1,9 @@
 """The ``afterwork`` command.
 
-- ``afterwork serve [--host H] [--port P] [--db PATH] [--token-file FILE] [--no-journal]``:
-  the conversation service. Flags override the ``AFTERWORK_*`` settings (``serve --help``
-  lists them all); a bad setting stops it at once, naming the variable.
+- ``afterwork serve [--host H] [--port P] [--db PATH] [--token-file FILE] [--no-journal]
+  [--broker URL]``: the conversation service; with a broker, its jobs run in workers. Flags
+  override the ``AFTERWORK_*`` settings (``serve --help`` lists them all); a bad setting
+  stops it at once, naming the variable.
 - ``afterwork demo [--conversations N] [--users N] [--out DIR]``: the service under load,
   checked; exits 1 if anything it expected did not happen.
 - ``afterwork journal list PATH`` and ``afterwork journal requeue PATH KEY``: the operator's
@@ -59,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_const",
         const=False,
         help="keep no journal: work in flight at a crash is lost (AFTERWORK_JOURNAL=false)",
+    )
+    serve.add_argument(
+        "--broker",
+        metavar="URL",
+        help="send conversations to 'afterwork worker --conversations' processes over Redis "
+        "(AFTERWORK_BROKER)",
     )
     _demo_parser(commands)
     _journal_cli.add_parser(commands)
@@ -145,6 +152,7 @@ def serve(args: argparse.Namespace) -> int:
             port=args.port,
             db=args.db,
             journal=args.journal,
+            broker=args.broker,
         )
     except SettingsError as error:
         print(f"afterwork serve: {error}", file=sys.stderr)

@@ -178,6 +178,7 @@ async def serving(
         finally:
             stopped.set()
 
+    failure: Exception | None = None
     async with anyio.create_task_group() as group:
         group.start_soon(serve)
         await wait_until(lambda: server.started or stopped.is_set(), "the server to start")
@@ -187,5 +188,11 @@ async def serving(
             )
         try:
             yield server
+        except Exception as error:
+            # Raised again below, outside the task group: the caller gets its own exception,
+            # not a group, and the server still shuts down (and closes its socket) first.
+            failure = error
         finally:
             server.should_exit = True
+    if failure is not None:
+        raise failure

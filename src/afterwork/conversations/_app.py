@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Security
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
@@ -31,6 +32,7 @@ import afterwork as aw
 
 from . import _outcomes
 from ._auth import BearerAuth
+from ._backend import BrokerUnavailable, QueueStats
 from ._extractor import Extractor
 from ._http import AccessLog, LimitBody, Observer, RequestId
 from ._jobs import build_pipeline
@@ -46,7 +48,10 @@ class Problem(BaseModel):
     """What a refused request gets back."""
 
     detail: str = Field(description="What was wrong, and how to fix it.")
-    reason: str | None = Field(default=None, description="For a 503: overloaded or draining.")
+    reason: str | None = Field(
+        default=None,
+        description="For a 503: overloaded, draining or broker_unavailable.",
+    )
 
 
 class FieldProblem(BaseModel):
@@ -111,11 +116,13 @@ RETRY_AFTER = {
 CLOSES = {"Connection": {"description": "close", "required": True, "schema": {"type": "string"}}}
 REFUSED: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "No or a wrong bearer token."},
-    422: {"model": ValidationProblem, "description": "A field is missing or invalid."},
+    422: {
+        "model": ValidationProblem,
+        "description": "A field is missing or invalid, or the body is not UTF-8 JSON.",
+    },
 }
 ADMISSION: dict[int | str, dict[str, Any]] = {
     **REFUSED,
-    400: {"model": Problem, "description": "The body is not UTF-8 JSON."},
     200: {"model": aw.Report, "description": "With ?wait=true: the completion's report."},
     202: {"model": Admitted, "description": "Admitted: the jobs run in the background."},
     409: {"model": Problem, "description": "Another uid owns this conversation id."},
@@ -130,7 +137,11 @@ ADMISSION: dict[int | str, dict[str, Any]] = {
         "(a list of the fields) is too large.",
     },
     415: {"model": Problem, "description": "The body is not JSON."},
-    503: {"model": Problem, "description": "Overloaded or draining.", "headers": RETRY_AFTER},
+    503: {
+        "model": Problem,
+        "description": "Overloaded, draining, or (with a broker) Redis unreachable.",
+        "headers": RETRY_AFTER,
+    },
 }
 #: Documents the bearer scheme; the check itself is BearerAuth, before the body is read.
 bearer = HTTPBearer(auto_error=False, description="AFTERWORK_API_TOKEN")
@@ -174,6 +185,24 @@ async def _invalid(request: Request, error: Exception) -> Response:
     return JSONResponse({"detail": errors}, status_code=status)
 
 
+async def _unreadable(request: Request, error: Exception) -> Response:
+    """FastAPI answers a body that ``json.loads`` cannot take (not UTF-8, an integer past
+    Python's 4,300 digits) with a bare 400; it gets the 422 of any other malformed JSON,
+    saying what is wrong. Every other HTTP error keeps FastAPI's own answer."""
+    assert isinstance(error, HTTPException)
+    cause = error.__cause__
+    if error.status_code != 400 or not isinstance(cause, ValueError):
+        return await http_exception_handler(request, error)
+    if isinstance(cause, UnicodeDecodeError):
+        message = "the body is not UTF-8; send the JSON encoded as UTF-8"
+    elif "digits" in str(cause):
+        message = "the body holds a number of more than 4300 digits; send numbers that fit"
+    else:
+        message = f"the body is not JSON that can be read ({cause}); send UTF-8 JSON"
+    problem = {"loc": ["body"], "msg": message, "type": "json_invalid"}
+    return JSONResponse({"detail": [problem]}, status_code=422)
+
+
 async def _conflict(request: Request, error: Exception) -> Response:
     return JSONResponse({"detail": str(error)}, status_code=409)
 
@@ -188,7 +217,12 @@ async def _unusable(request: Request, error: Exception) -> Response:
 
 def _refusal(retry_after: int) -> Any:
     async def refuse(request: Request, error: Exception) -> Response:
-        reason = "overloaded" if isinstance(error, aw.Overloaded) else "draining"
+        if isinstance(error, aw.Overloaded):
+            reason = "overloaded"
+        elif isinstance(error, BrokerUnavailable):
+            reason = "broker_unavailable"
+        else:
+            reason = "draining"
         metrics: Metrics = request.app.state.metrics
         metrics.refused(reason)
         return JSONResponse(
@@ -240,8 +274,8 @@ async def processing(
             status_code=404,
         )
     now = datetime.now(UTC)
-    unfinished = service.dispatcher.unfinished(service.pipeline, conversation_id)
-    waiting = [h.due_at for h in unfinished if h.due_at is not None and h.due_at > now]
+    unfinished = await service.backend.waiting(conversation_id)
+    waiting = [due for due in unfinished if due is not None and due > now]
     retry_at = None
     state: Literal["processing", "deferred", "finished", "not_processed"]
     if len(waiting) < len(unfinished):
@@ -257,8 +291,8 @@ async def processing(
 
 
 async def stats(request: Request) -> Response:
-    """The dispatcher's stats now."""
-    return JSONResponse(_service(request).dispatcher.stats().model_dump(mode="json"))
+    """The dispatcher's stats now; with a broker, the workers' queue."""
+    return JSONResponse((await _service(request).backend.stats()).model_dump(mode="json"))
 
 
 async def metrics(request: Request) -> Response:
@@ -269,33 +303,22 @@ async def metrics(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     """200 while the service runs and admits work; 503 once it drains."""
-    service = getattr(request.app.state, "service", None)
-    state = service.dispatcher.stats().state if service is not None else aw.DispatcherState.NEW
-    ok = state is aw.DispatcherState.OPEN
-    return JSONResponse({"status": "ok" if ok else state.value}, status_code=200 if ok else 503)
+    service: Service | None = getattr(request.app.state, "service", None)
+    state = service.backend.state() if service is not None else aw.DispatcherState.NEW.value
+    ok = state == aw.DispatcherState.OPEN.value
+    return JSONResponse({"status": "ok" if ok else state}, status_code=200 if ok else 503)
 
 
 async def readyz(request: Request) -> Response:
     """200 when a POST would be admitted now: open, replay done, room, journal healthy."""
     service: Service | None = getattr(request.app.state, "service", None)
-    reasons = ["the service is not running"] if service is None else _not_ready(service)
+    if service is None:
+        reasons = ["the service is not running"]
+    else:
+        reasons = await service.backend.not_ready()
     headers = {"Retry-After": str(service.settings.retry_after_s)} if service and reasons else {}
     body = {"ready": not reasons, "reasons": reasons}
     return JSONResponse(body, status_code=503 if reasons else 200, headers=headers)
-
-
-def _not_ready(service: Service) -> list[str]:
-    stats = service.dispatcher.stats()
-    reasons = []
-    if stats.state is not aw.DispatcherState.OPEN:
-        reasons.append(f"the dispatcher is {stats.state.value}")
-    if stats.replaying:
-        reasons.append("the journal's unfinished work is still being re-admitted")
-    if stats.pending >= stats.max_pending:
-        reasons.append(f"no room: {stats.pending} completions pending (max_pending)")
-    if stats.journal_error is not None:
-        reasons.append(f"the journal failed: {stats.journal_error}")
-    return reasons
 
 
 class ServiceApp(FastAPI):
@@ -357,7 +380,9 @@ def create_app(
     )
     app.add_exception_handler(aw.Overloaded, _refusal(settings.retry_after_s))
     app.add_exception_handler(aw.DispatcherClosed, _refusal(settings.retry_after_s))
+    app.add_exception_handler(BrokerUnavailable, _refusal(settings.retry_after_s))
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(HTTPException, _unreadable)
     app.add_exception_handler(OwnershipConflict, _conflict)
     app.add_exception_handler(aw.InvalidEvent, _unusable)
     secured = [Security(bearer)] if settings.api_token is not None else []
@@ -372,7 +397,7 @@ def create_app(
     )  # fmt: skip
     app.add_api_route(
         "/v1/stats", stats, dependencies=secured, response_model=None,
-        responses={200: {"model": aw.Stats}, 401: REFUSED[401]},
+        responses={200: {"model": aw.Stats | QueueStats}, 401: REFUSED[401]},
     )  # fmt: skip
     metrics_doc: dict[int | str, dict[str, Any]] = {
         200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}},

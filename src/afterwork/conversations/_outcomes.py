@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import afterwork as aw
@@ -32,16 +33,49 @@ _UPSERT = (
 )
 
 
-def receive(store: Store, event: ConversationCompleted) -> Claim:
+@dataclass(frozen=True)
+class Receipt:
+    """What ``receive`` did: its claim, the post count it left, and what it replaced."""
+
+    claim: Claim
+    received: int
+    #: (created_at, body) of the copy an owner's new post replaced.
+    replaced: tuple[str, str] | None = None
+
+
+def receive(store: Store, event: ConversationCompleted) -> Receipt:
     """Store the conversation for its owner; ``Claim.CONFLICT`` if another uid owns it."""
+    conversation = event.conversation
     with store.transaction() as conn:
-        return claim_conversation(conn, event.conversation)
+        before = conn.execute(
+            "SELECT created_at, body FROM conversations WHERE id = ?", (conversation.id,)
+        ).fetchone()
+        claim = claim_conversation(conn, conversation)
+        if claim is Claim.CONFLICT:
+            return Receipt(claim, 0)
+        (received,) = conn.execute(
+            "SELECT received FROM conversations WHERE id = ?", (conversation.id,)
+        ).fetchone()
+        replaced = None if before is None else (str(before[0]), str(before[1]))
+        return Receipt(claim, int(received), replaced)
 
 
-def forget(store: Store, conversation_id: str) -> None:
-    """Remove a conversation just created whose admission then failed: nothing half-done."""
+def undo(store: Store, conversation_id: str, receipt: Receipt) -> None:
+    """Take back a post whose admission then failed, so its refusal leaves nothing behind:
+    a conversation it created is removed, a copy it replaced is put back. Not if a later
+    post of the same conversation came after it (``received`` moved on): that one stands."""
     with store.transaction() as conn:
-        conn.execute("DELETE FROM conversations WHERE id = ? AND received = 1", (conversation_id,))
+        if receipt.claim is Claim.CREATED:
+            conn.execute(
+                "DELETE FROM conversations WHERE id = ? AND received = 1", (conversation_id,)
+            )
+        elif receipt.claim is Claim.UPDATED and receipt.replaced is not None:
+            created_at, body = receipt.replaced
+            conn.execute(
+                "UPDATE conversations SET created_at = ?, body = ?, received = received - 1 "
+                "WHERE id = ? AND received = ?",
+                (created_at, body, conversation_id, receipt.received),
+            )
 
 
 def save_reports(store: Store, reports: Sequence[aw.Report]) -> None:

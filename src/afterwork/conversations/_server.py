@@ -100,7 +100,7 @@ class ServiceServer(uvicorn.Server):
     async def shutdown(self, sockets: Any = None) -> None:
         service = getattr(self.service_app.state, "service", None)
         if service is not None:
-            service.dispatcher.close()  # refuse new work now; the drain runs meanwhile
+            service.backend.close()  # refuse new work now; the drain runs meanwhile
         await super().shutdown(sockets)
 
 

@@ -28,10 +28,12 @@ import afterwork as aw
 from afterwork.asgi import open_dispatcher
 
 from . import _outcomes
+from ._backend import Backend, Local, Remote, Sent, open_producer
 from ._extractor import Extractor, RuleExtractor
 from ._jobs import Services, build_pipeline
 from ._metrics import Metrics
 from ._models import ConversationCompleted
+from ._redact import redact
 from ._reports import ReportWriter
 from ._settings import ServiceSettings
 from ._store import Claim, Store
@@ -50,40 +52,49 @@ class Service:
 
     settings: ServiceSettings
     store: Store
-    dispatcher: aw.Dispatcher
+    backend: Backend
     pipeline: aw.Pipeline[ConversationCompleted]
     metrics: Metrics
     reports: ReportWriter
     request_limiter: anyio.CapacityLimiter
 
+    @property
+    def dispatcher(self) -> aw.Dispatcher:
+        """The dispatcher running the jobs here (not in broker mode)."""
+        if not isinstance(self.backend, Local):
+            raise AttributeError(
+                "this service sends its conversations to workers (AFTERWORK_BROKER) and runs "
+                "no dispatcher; read the queue with 'await service.backend.stats()'"
+            )
+        return self.backend.dispatcher
+
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
         """Run the blocking ``fn(*args)`` for a request, on the requests' own threads."""
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.request_limiter)
 
-    async def admit(self, event: ConversationCompleted) -> aw.Handle:
+    async def admit(self, event: ConversationCompleted) -> Sent:
         """Take room, claim the conversation for its uid, and admit it.
 
-        Room comes first and is never waited for: a full or draining dispatcher refuses at
+        Room comes first and is never waited for: a full or draining backend refuses at
         once (``Overloaded``/``DispatcherClosed``: a 503) and nothing is written. Another
         uid's conversation id raises ``OwnershipConflict`` (a 409) and changes nothing. It
-        returns once the admission is in the journal; if that fails, a conversation this
-        request created is removed again, so a refusal leaves nothing half-done.
+        returns once the admission is in the journal (or Redis); if that fails, the post is
+        taken back (``_outcomes.undo``), so a refusal leaves nothing half-done.
         """
         conversation = event.conversation
-        async with self.dispatcher.reserve(timeout=0) as room:
-            claim = await self.blocking(_outcomes.receive, self.store, event)
-            if claim is Claim.CONFLICT:
+        async with self.backend.room() as send:
+            receipt = await self.blocking(_outcomes.receive, self.store, event)
+            if receipt.claim is Claim.CONFLICT:
                 raise OwnershipConflict(
                     f"conversation {conversation.id!r} belongs to another user; a conversation "
                     "belongs to the uid that first posted it: post it with that uid, or use "
                     "a new id"
                 )
             try:
-                return await room.submit(self.pipeline, event)
+                return await send(event)
             except BaseException:
-                if claim is Claim.CREATED:
-                    with anyio.CancelScope(shield=True):
-                        await self.blocking(_outcomes.forget, self.store, conversation.id)
+                with anyio.CancelScope(shield=True):
+                    await self.blocking(_outcomes.undo, self.store, conversation.id, receipt)
                 raise
 
 
@@ -137,9 +148,9 @@ async def run_service(
     """Open everything the service needs for ``app``'s lifetime; drain and close on exit.
 
     ``extractor`` replaces the rule-based one (a real model client, or a test double).
+    With ``settings.broker`` the jobs run in ``afterwork worker`` processes instead.
     """
     limiter = anyio.CapacityLimiter(settings.request_threads)
-    journal = settings.journal_path if settings.journal else None
     async with http_client(settings) as client:
         services = services_for(settings, client, extractor)
         store = services.store
@@ -147,17 +158,6 @@ async def run_service(
         pipeline = jobs(services)
         reports = ReportWriter(store)
         metrics: Metrics = app.state.metrics
-
-        async def on_report(report: aw.Report) -> None:  # replayed reports come here too
-            metrics.observe(report)
-            await reports.save(report)
-
-        dispatcher = aw.Dispatcher(
-            **settings.dispatcher_kwargs(),
-            journal=journal,
-            pipelines=[pipeline],
-            on_report=on_report,
-        )
         if settings.api_token is None:
             logger.warning(
                 "service.unauthenticated",
@@ -165,13 +165,13 @@ async def run_service(
                 hint="no API token: serving this machine only; set AFTERWORK_API_TOKEN to "
                 "require one",
             )
+        opened = _remote if settings.broker is not None else _local
         try:
-            async with _journal_hint(), open_dispatcher(app, dispatcher):
-                metrics.watch(dispatcher.stats)
+            async with opened(app, settings, pipeline, reports) as backend:
                 app.state.service = Service(
                     settings=settings,
                     store=store,
-                    dispatcher=dispatcher,
+                    backend=backend,
                     pipeline=pipeline,
                     metrics=metrics,
                     reports=reports,
@@ -180,7 +180,8 @@ async def run_service(
                 logger.info(
                     "service.started",
                     db=str(settings.db),
-                    journal=str(journal) if journal else None,
+                    journal=str(settings.journal_path) if _journals(settings) else None,
+                    broker=redact(settings.broker) if settings.broker else None,
                     port=settings.port,
                 )
                 yield app.state.service
@@ -188,3 +189,45 @@ async def run_service(
             metrics.watch(None)
             if hasattr(app.state, "service"):
                 del app.state.service
+
+
+def _journals(settings: ServiceSettings) -> bool:
+    # With a broker, admitted work waits in Redis: the workers' side is the durable one.
+    return settings.journal and settings.broker is None
+
+
+@asynccontextmanager
+async def _local(
+    app: Starlette,
+    settings: ServiceSettings,
+    pipeline: aw.Pipeline[ConversationCompleted],
+    reports: ReportWriter,
+) -> AsyncIterator[Backend]:
+    metrics: Metrics = app.state.metrics
+
+    async def on_report(report: aw.Report) -> None:  # replayed reports come here too
+        metrics.observe(report)
+        await reports.save(report)
+
+    dispatcher = aw.Dispatcher(
+        **settings.dispatcher_kwargs(),
+        journal=settings.journal_path if _journals(settings) else None,
+        pipelines=[pipeline],
+        on_report=on_report,
+    )
+    async with _journal_hint(), open_dispatcher(app, dispatcher):
+        metrics.watch(dispatcher.stats)
+        yield Local(dispatcher, pipeline)
+
+
+@asynccontextmanager
+async def _remote(
+    app: Starlette,
+    settings: ServiceSettings,
+    pipeline: aw.Pipeline[ConversationCompleted],
+    reports: ReportWriter,
+) -> AsyncIterator[Backend]:
+    assert settings.broker is not None
+    producer = open_producer(settings.broker, settings.queue, settings.max_pending, pipeline)
+    async with producer:
+        yield Remote(producer, pipeline)

@@ -16,6 +16,7 @@ from pydantic_settings import SettingsError as SourceError
 import afterwork as aw
 
 from ._jobs import HTTP_LANE, LLM_LANE
+from ._redact import redact
 
 #: Hosts the service may serve on without a token: this machine only.
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
@@ -37,6 +38,14 @@ class ServiceSettings(aw.Settings):
         True,
         description="Keep admitted work in a journal next to the database, so a crash or a "
         "drain deadline loses no job.",
+    )
+    broker: str | None = Field(
+        None,
+        description="A Redis URL: send each conversation to 'afterwork worker --conversations' "
+        "processes instead of running the jobs here (needs afterwork[taskiq]).",
+    )
+    queue: str = Field(
+        "afterwork", min_length=1, max_length=200, description="With a broker: its queue."
     )
     api_token: SecretStr | None = Field(
         None,
@@ -100,6 +109,13 @@ class ServiceSettings(aw.Settings):
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+    @field_validator("broker")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{redact(url)!r} is not a Redis URL; e.g. redis://127.0.0.1:6379/0")
+        return url
 
     @field_validator("api_token")
     @classmethod
@@ -197,6 +213,8 @@ def describe(error: ValidationError, flags: set[str]) -> str:
         name = str(problem["loc"][0]) if problem["loc"] else "?"
         where = f"--{name.replace('_', '-')}" if name in flags else f"AFTERWORK_{name.upper()}"
         message = problem["msg"].removeprefix("Value error, ")
-        shown = "<hidden>" if name == "api_token" else repr(problem.get("input"))
+        given = problem.get("input")
+        # A URL's password or token stays out of the message, as out of the logs.
+        shown = "<hidden>" if name == "api_token" else redact(repr(given))
         lines.append(f"invalid setting {where}={shown}: {message}")
     return "\n".join(lines)

@@ -75,6 +75,12 @@ def run(args: argparse.Namespace) -> int:
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     if args.conversations and args.db is None:
         raise ValueError("--conversations needs --db PATH, the store the service uses")
+    if args.conversations and args.lanes is None:
+        from afterwork.conversations import ServiceSettings
+
+        # The jobs name their lanes ("llm", "http"): the service's settings size them, as
+        # they do in 'afterwork serve' (AFTERWORK_LANES).
+        args.lanes = ServiceSettings(db=args.db).lanes
     return {
         "queue": args.queue,
         "max_threads": args.max_threads,

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 import anyio
 from pydantic import BaseModel
 from redis.asyncio import Redis
-from taskiq import AsyncTaskiqTask
 from taskiq_redis import RedisStreamBroker
 
 from afterwork import _codec, _options
@@ -28,6 +27,7 @@ from afterwork._exceptions import DispatcherClosed, DispatcherNotOpen, InvalidOp
 from afterwork._models import Report
 from afterwork._pipeline import Pipeline
 from afterwork._replay import log_context
+from taskiq import AsyncTaskiqTask
 
 from ._broker import RESULT_TTL_S, ensure_group, redis_broker
 from ._wire import GROUP, Completion, Keys
@@ -144,10 +144,19 @@ class Producer:
         )  # fmt: skip
         completion = self._prepare(pipeline, event)
         await self._wait_for_room(completion, limit)
-        message = completion.message()
-        await self.broker.kick(self.broker.formatter.dumps(message))
-        redis = self._connection()
-        await redis.hincrby(self.keys.unfinished, completion.label, 1)
+        message = self.broker.formatter.dumps(completion.message())
+        # The message and its count in ``unfinished`` go in one transaction: sent one after
+        # the other, a cancellation between them (or a worker finishing first) would leave
+        # the count off by one for good.
+        async with self._connection().pipeline(transaction=True) as both:
+            both.xadd(
+                message.labels.get("queue_name") or self.broker.queue_name,
+                {b"data": message.message},
+                maxlen=self.broker.maxlen,
+                approximate=self.broker.approximate,
+            )
+            both.hincrby(self.keys.unfinished, completion.label, 1)
+            await both.execute()
         return RemoteHandle(self, completion)
 
     async def run(
