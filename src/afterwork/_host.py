@@ -35,7 +35,7 @@ from ._completion import Completion
 from ._config import Config
 from ._delay import Delayed
 from ._exceptions import DispatcherClosed
-from ._job import run_job
+from ._job import cancelled_by_dispatcher, run_job
 from ._loop import protect_from_interrupts, spawn_unscoped
 from ._models import Report
 from ._runtime import Counters, Recorder, Runtime
@@ -329,7 +329,11 @@ class Host:
             result = self._on_report(report)
             if inspect.isawaitable(result):
                 await result
-        except Exception:
+        except BaseException:
+            # Whatever the hook raises (SystemExit, a cancellation of its own) is its own
+            # failure, as with a job; only the dispatcher's cancellation goes on up.
+            if cancelled_by_dispatcher():
+                raise
             self.log.exception(
                 "dispatcher.on_report_failed", pipeline=report.pipeline, key=report.key
             )

@@ -47,7 +47,7 @@ def error_text(error: BaseException) -> str:
     decoded with ``surrogateescape``, say) is escaped, or the journal could not store it."""
     try:
         message = str(error)
-    except Exception:  # an exception whose __str__ raises is still reported, not re-raised
+    except BaseException:  # a __str__ that raises (even SystemExit) is still reported as is
         message = f"<unprintable {type(error).__name__}>"
     text = f"{type(error).__name__}: {message}"
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
