@@ -8,4 +8,13 @@ subprocesses and a ``measure(peer, params)`` that one of those subprocesses call
 
 from __future__ import annotations
 
-BENCHMARKS = ("peak_threads", "overhead", "admission", "memory", "scale", "journal")
+BENCHMARKS = (
+    "peak_threads",
+    "overhead",
+    "admission",
+    "memory",
+    "scale",
+    "journal",
+    "service",
+    "scaleout",
+)

@@ -9,7 +9,9 @@ from benchmarks import BENCHMARKS
 from benchmarks.__main__ import HERE, make_config, parse_args
 from benchmarks._chaos import Plan, Scenario
 from benchmarks._harness import Config, percentile, table
+from benchmarks._loadgen import parse_head, post
 from benchmarks.peak_threads import variants
+from benchmarks.scaleout import Runs, at_fraction, ended, rate, running_on
 
 
 def test_every_benchmark_imports() -> None:
@@ -83,3 +85,32 @@ def test_percentile_and_table() -> None:
     """The statistics and the markdown table the results are built from."""
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert table(["a", "b"], [["x", "1.5"]]).splitlines()[1] == "|---|---:|"
+
+
+def test_loadgen_reads_status_and_length() -> None:
+    """The service benchmark's load generator frames requests and reads any header case."""
+    request = post(8000, b'{"a": 1}')
+    assert request.endswith(b'Content-Length: 8\r\n\r\n{"a": 1}')
+    accepted = b"HTTP/1.1 202 Accepted\r\ncontent-type: x\r\ncontent-length: 57"
+    assert parse_head(accepted) == (202, 57)
+    assert parse_head(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0") == (503, 0)
+
+
+def test_scaleout_reads_the_runs_file_as_it_grows(tmp_path: Path) -> None:
+    """The scaleout benchmark parses the jobs' runs file incrementally, leaving a line still
+    being written for the next read, and times rates over a window of job ends."""
+    path = tmp_path / "runs.txt"
+    runs = Runs(path)
+    assert runs.marks() == []
+    path.write_text("start w1-0 job0 7 1.0\nend w1-0 job0 7 1.1\nstart w1-1 jo")
+    assert [(m.kind, m.burst, m.pid) for m in runs.marks()] == [
+        ("start", "w1", 7),
+        ("end", "w1", 7),
+    ]
+    with path.open("a") as runs_file:
+        runs_file.write("b0 8 1.2\n")
+    marks = runs.of("w1")
+    assert marks[-1].item == ("w1-1", "job0")
+    assert (ended(marks), running_on(marks, 8)) == (1, {("w1-1", "job0")})
+    assert rate([1.0, 1.1, 1.2, 1.3], 1.0, 1.3) == pytest.approx(10.0)
+    assert at_fraction([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0

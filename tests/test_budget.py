@@ -159,3 +159,64 @@ async def test_run_sync_returns_values_and_raises_errors() -> None:
         assert await dispatcher.run_sync(divmod, 7, 2) == (3, 1)
         with pytest.raises(ValueError, match=r"^no good$"):
             await dispatcher.run_sync(fail)
+
+
+async def test_before_call_runs_in_the_thread_holding_its_token_before_the_clock() -> None:
+    """``before_call`` runs in the worker thread with the token held: a second call queues
+    for the token meanwhile, and a timed call's timeout starts only after it returns."""
+    import threading
+
+    from afterwork._budget import ThreadBudget
+
+    entered, release = threading.Event(), threading.Event()
+    where: list[str] = []
+
+    def before() -> None:
+        where.append(threading.current_thread().name)
+        entered.set()
+        release.wait(20)
+
+    async with ThreadBudget(1) as budget:
+        budget.before_call = before
+        results: list[str] = []
+
+        async def call(timeout: float | None) -> None:
+            results.append(await budget.run_sync(lambda: "ran", timeout=timeout))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, 0.5)  # longer than nothing, shorter than the test's wait
+            await anyio.to_thread.run_sync(entered.wait, 20)
+            group.start_soon(call, None)
+            await wait_until(lambda: budget.waiting == 1, "the second call to queue")
+            busy, waiting = budget.busy, budget.waiting
+            await anyio.sleep(0.6)  # past the first call's timeout, had its clock started
+            release.set()
+    assert (busy, waiting) == (1, 1)
+    assert results == ["ran", "ran"]
+    assert all(name != threading.main_thread().name for name in where)
+
+
+def test_unstored_waits_until_every_outcome_is_stored_or_the_limit() -> None:
+    """A job's thread waits while outcomes are queued, goes on once they are all stored, and
+    gives up after ``limit_s`` (Redis unreachable: the bound is lost, not the work)."""
+    import threading
+
+    from afterwork.taskiq._local import Unstored
+
+    unstored = Unstored(limit_s=30)
+    unstored.add()
+    unstored.add()
+    waited = threading.Event()
+    waiter = threading.Thread(target=lambda: (unstored.wait(), waited.set()))
+    waiter.start()
+    unstored.stored(1)
+    assert not waited.wait(0.2)  # one is still on its way
+    unstored.stored(1)
+    assert waited.wait(20)
+    waiter.join()
+
+    stuck = Unstored(limit_s=0.05)
+    stuck.add()
+    began = time.monotonic()
+    stuck.wait()
+    assert time.monotonic() - began >= 0.05

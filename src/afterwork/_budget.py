@@ -106,6 +106,10 @@ class _ThreadCall(Generic[T]):
         fn = self.fn
         if self.abandoned or fn is None:
             return  # the caller left while this call queued for a token: do nothing
+        if self.budget.before_call is not None:
+            self.budget.before_call()  # holding the token, before the clock starts
+            if self.abandoned:
+                return  # the caller left meanwhile
         self.running = True
         self.budget.note_thread_started()
         if self.started is not None:
@@ -132,6 +136,9 @@ class ThreadBudget:
         self._live: set[_ThreadCall[Any]] = set()
         #: Called on the loop whenever a thread returns its token (a waiting consumer).
         self.on_release: Callable[[], None] | None = None
+        #: Called in each worker thread, with its token held, before the call's function (the
+        #: scale-out worker waits there until earlier outcomes are stored). Must not raise.
+        self.before_call: Callable[[], None] | None = None
         # Callers inside run_sync now, and an event set whenever there are none.
         self._callers = 0
         self._no_callers = anyio.Event()

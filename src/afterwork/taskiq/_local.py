@@ -17,6 +17,7 @@ the worker's writer task applies in order (see ``Worker``).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -32,8 +33,41 @@ from afterwork._runtime import Durable, Recorder
 
 from . import _wire
 
-#: A queued write: ("job", completion id, job, outcome JSON) or ("finish", id, Report).
+#: A queued write: ("spawn" or "job", completion id, job, record JSON), or ("finish", id,
+#: Report). A "job" write is a final outcome.
 Write = tuple[str, str, Any, Any]
+
+
+class Unstored:
+    """Final job outcomes queued for Redis and not stored yet.
+
+    A job's thread, holding its token, waits until there are none before it runs the job
+    (``ThreadBudget.before_call``). A SIGKILL re-runs the jobs whose outcome Redis lacks:
+    those running, and those that ended while their outcome was on its way. With the wait,
+    each token accounts for at most one of them, so the re-runs stay within ``max_threads``.
+    The wait is bounded (``limit_s``): with Redis unreachable, jobs go on and the bound is lost
+    rather than the work.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self._count = 0
+        self._changed = threading.Condition()
+
+    def add(self) -> None:
+        with self._changed:
+            self._count += 1
+
+    def stored(self, count: int) -> None:
+        with self._changed:
+            self._count -= count
+            if self._count <= 0:
+                self._count = 0
+                self._changed.notify_all()
+
+    def wait(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._count == 0, timeout=self.limit_s)
 
 
 class RedisRecorder:
@@ -41,8 +75,9 @@ class RedisRecorder:
 
     encodes_events = False  # the message already carries the event, encoded
 
-    def __init__(self, put: Callable[[Write], None]) -> None:
+    def __init__(self, put: Callable[[Write], None], unstored: Unstored) -> None:
         self._put = put
+        self._unstored = unstored
 
     def admitted(self, completion: Completion) -> Durable | None:
         return None  # the message is in Redis already
@@ -51,12 +86,13 @@ class RedisRecorder:
         return None  # Redis counts deliveries instead (a poison is delivered too often)
 
     def child_spawned(self, completion: Completion, job: str) -> None:
-        self._put(("job", completion.id, job, _wire.dumps({"status": None})))
+        self._put(("spawn", completion.id, job, _wire.dumps({"status": None})))
 
     def job_finished(self, completion: Completion, outcome: JobOutcome) -> None:
         if outcome.status.is_final:
             record = outcome.model_dump(mode="json", include={"status", "attempts",
                                                                "duration_s", "error"})  # fmt: skip
+            self._unstored.add()
             self._put(("job", completion.id, outcome.job, _wire.dumps(record)))
 
     def completion_finished(
@@ -98,8 +134,11 @@ def plan_from(pipeline: Pipeline[Any], records: dict[str, JobRecord]) -> Plan | 
 class WorkerDispatcher(Dispatcher):
     """A ``Dispatcher`` recording in Redis, taking work only when it can start it."""
 
-    def __init__(self, recorder: Recorder, **options: Any) -> None:
+    def __init__(
+        self, recorder: Recorder, before_call: Callable[[], None] | None = None, **options: Any
+    ) -> None:
         self._worker_recorder = recorder
+        self._before_call = before_call
         super().__init__(**options)
 
     def _make_recorder(self) -> Recorder:
@@ -120,6 +159,7 @@ class WorkerDispatcher(Dispatcher):
         """
         host = self._open_host(pipeline)
         assert host.runtime is not None
+        host.runtime.budget.before_call = self._before_call
         event = _codec.decode(pipeline.event, message.event)
         completion = Completion(
             host.runtime,

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import anyio
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from taskiq import AsyncTaskiqTask
 from taskiq_redis import RedisStreamBroker
 
 from afterwork import _codec, _options
@@ -27,7 +28,6 @@ from afterwork._exceptions import DispatcherClosed, DispatcherNotOpen, InvalidOp
 from afterwork._models import Report
 from afterwork._pipeline import Pipeline
 from afterwork._replay import log_context
-from taskiq import AsyncTaskiqTask
 
 from ._broker import RESULT_TTL_S, ensure_group, redis_broker
 from ._wire import GROUP, Completion, Keys

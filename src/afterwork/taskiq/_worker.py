@@ -45,7 +45,7 @@ from afterwork._pipeline import Pipeline
 
 from . import _scripts, _wire
 from ._broker import CLAIM_TIMEOUT_S, RESULT_TTL_S, ensure_group, result_backend
-from ._local import RedisRecorder, WorkerDispatcher, Write, jobs_of, plan_from
+from ._local import RedisRecorder, Unstored, WorkerDispatcher, Write, jobs_of, plan_from
 from ._wire import GROUP, Keys
 
 logger = structlog.get_logger("afterwork")
@@ -98,8 +98,11 @@ class Worker:
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.pipelines = {p.name: p for p in pipelines}
         self._writes_send, self._writes = anyio.create_memory_object_stream[Write](float("inf"))
+        # Past a claim timeout the message is another worker's anyway: wait no longer.
+        self._unstored = Unstored(limit_s=self.claim_timeout)
         self.dispatcher = WorkerDispatcher(
-            RedisRecorder(self._writes_send.send_nowait),
+            RedisRecorder(self._writes_send.send_nowait, self._unstored),
+            before_call=self._unstored.wait,
             max_threads=max_threads,
             max_pending=max_active,
             max_active=max_active,
@@ -246,24 +249,37 @@ class Worker:
 
     async def _write_loop(self) -> None:
         async for write in self._writes:
-            await self._apply(write)
+            await self._apply([write, *self._queued()])
 
-    async def _apply(self, write: Write) -> None:
-        kind, completion_id, first, second = write
-        if kind == "job":
-            await self._ops.hset(self.keys.jobs(completion_id), first, second)
-            await self._ops.expire(self.keys.jobs(completion_id), RESULT_TTL_S)
-        else:
-            await self._finished(completion_id, first)
+    def _queued(self) -> list[Write]:
+        writes = []
+        while True:
+            try:
+                writes.append(self._writes.receive_nowait())
+            except anyio.WouldBlock:
+                return writes
+
+    async def _apply(self, writes: list[Write]) -> None:
+        # Every job outcome queued so far goes in one round trip: a job that finished is
+        # run again after a SIGKILL only if its outcome was still on its way, so the
+        # shorter that gap, the closer the re-runs stay to the jobs actually running.
+        jobs = [(completion_id, job, record) for kind, completion_id, job, record in writes
+                if kind in ("spawn", "job")]  # fmt: skip
+        if jobs:
+            async with self._ops.pipeline(transaction=False) as batch:
+                for completion_id, job, record in jobs:
+                    batch.hset(self.keys.jobs(completion_id), job, record)
+                    batch.expire(self.keys.jobs(completion_id), RESULT_TTL_S)
+                await batch.execute()
+            self._unstored.stored(sum(1 for write in writes if write[0] == "job"))
+        # Then the finished completions, each after its own jobs' outcomes (queued earlier).
+        for kind, completion_id, report, _ in writes:
+            if kind == "finish":
+                await self._finished(completion_id, report)
 
     async def _flush(self) -> None:
         """Apply every write queued so far (the drain's outcomes and acknowledgements)."""
-        while True:
-            try:
-                write = self._writes.receive_nowait()
-            except anyio.WouldBlock:
-                return
-            await self._apply(write)
+        await self._apply(self._queued())
 
     async def _finished(self, completion_id: str, report: Report) -> None:
         message_id = self._by_completion.pop(completion_id, None)
