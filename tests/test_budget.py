@@ -207,7 +207,12 @@ def test_unstored_waits_until_every_outcome_is_stored_or_the_limit() -> None:
     unstored.add()
     unstored.add()
     waited = threading.Event()
-    waiter = threading.Thread(target=lambda: (unstored.wait(), waited.set()))
+
+    def wait() -> None:
+        unstored.wait()
+        waited.set()
+
+    waiter = threading.Thread(target=wait)
     waiter.start()
     unstored.stored(1)
     assert not waited.wait(0.2)  # one is still on its way
