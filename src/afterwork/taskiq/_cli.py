@@ -51,6 +51,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--claim-timeout", type=float, default=30.0,
         help="seconds after which a silent worker's messages are taken over (30)",
     )  # fmt: skip
+    worker.add_argument(
+        "--max-recoveries", type=int, default=3,
+        help="deliveries after the first before a message counts as poison (3)",
+    )  # fmt: skip
     worker.add_argument("--lanes", type=json.loads, default=None, help="e.g. '{\"llm\": 6}'")
 
 
@@ -87,6 +91,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "max_active": args.max_active,
         "drain_timeout": args.drain_timeout,
         "claim_timeout": args.claim_timeout,
+        "max_recoveries": args.max_recoveries,
         "lanes": args.lanes,
     }
 

@@ -12,6 +12,7 @@ Delayed submission is not offered here: ``submit(delay=...)`` raises ``InvalidOp
 from __future__ import annotations
 
 import contextvars
+import math
 import uuid
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -20,7 +21,6 @@ from typing import Any, TypeVar
 import anyio
 from pydantic import BaseModel
 from redis.asyncio import Redis
-from taskiq import AsyncTaskiqTask
 from taskiq_redis import RedisStreamBroker
 
 from afterwork import _codec, _options
@@ -167,12 +167,25 @@ class Producer:
         return await handle.wait()
 
     async def report(self, completion_id: str, timeout: float | None = None) -> Report:
-        """The report of completion ``completion_id``, waiting for it to be stored."""
+        """The report of completion ``completion_id``, waiting for it to be stored.
+
+        ``TimeoutError`` once ``timeout`` seconds pass without it (``0``: look once).
+        """
+        limit = None if timeout is None else _options.seconds(
+            "timeout", timeout, "e.g. handle.wait(timeout=30)"
+        )  # fmt: skip
         backend = self.broker.result_backend
-        task: AsyncTaskiqTask[Any] = AsyncTaskiqTask(completion_id, backend)
-        result = await task.wait_result(
-            check_interval=self.poll_interval_s, timeout=-1 if timeout is None else timeout
-        )
+        deadline = math.inf if limit is None else anyio.current_time() + limit
+        # Polled: the report is written by another process, with nothing here to wake on.
+        while not await backend.is_result_ready(completion_id):
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"no report for completion {completion_id} within {limit:g} s; is an "
+                    f"'afterwork worker' running on the queue {self.keys.queue!r}?"
+                )
+            await anyio.sleep(min(self.poll_interval_s, remaining))
+        result = await backend.get_result(completion_id)
         return Report.model_validate(result.return_value)
 
     async def backlog(self) -> int:

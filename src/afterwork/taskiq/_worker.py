@@ -10,11 +10,15 @@ place for what a worker that must not lose or double work needs:
 - **claims renewed**: every third of ``claim_timeout`` the worker renews the claims of the
   messages it is still running, so a long completion is never taken by another worker;
 - **reclaim on a timer**: messages of a dead worker (idle past ``claim_timeout``) are taken
-  over within about ``claim_timeout``, whether or not new messages arrive;
+  over within about ``claim_timeout``, whether or not new messages arrive, by a worker that
+  runs their pipeline;
 - **poison**: a message delivered more than ``max_recoveries`` times (each delivery after the
   first means the worker running it died) goes to a dead-letter stream, with
-  ``afterwork.poisoned`` logged and a report marking its unfinished jobs failed;
-- **ack after the report**: a message is acknowledged once its report is stored;
+  ``afterwork.poisoned`` logged and a report marking its unfinished jobs failed. A
+  redelivered message is a suspect and runs alone, so a poison that kills worker after
+  worker never takes innocent messages' deliveries with it;
+- **ack after the report**: a message is acknowledged once its report is stored, and holds
+  its place (``max_active``) until then;
 - **clean stop**: stop reading, drain within ``drain_timeout``, hand back what is left so the
   other workers take it at once, and leave the group (never with messages still pending).
 
@@ -34,12 +38,14 @@ from typing import Any
 
 import anyio
 import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from taskiq import TaskiqResult
 
 from afterwork import _options
+from afterwork._exceptions import Overloaded
 from afterwork._models import JobOutcome, JobStatus, Report
 from afterwork._pipeline import Pipeline
 
@@ -54,6 +60,12 @@ logger = structlog.get_logger("afterwork")
 READ_BLOCK_MS = 1000
 #: How often the worker trims acknowledged entries and forgets dead consumers.
 MAINTENANCE_S = 30.0
+#: The consumer that holds messages a stopping worker handed back, until another takes them.
+RELEASED = "afterwork:released"
+#: How many idle messages a reclaim looks at, oldest first.
+RECLAIM_SCAN = 100
+#: Claim timeouts a message of a pipeline no worker knows waits before its dead letter.
+UNKNOWN_PIPELINE_WAITS = 10
 
 
 @dataclass
@@ -97,11 +109,14 @@ class Worker:
         )
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.pipelines = {p.name: p for p in pipelines}
-        self._writes_send, self._writes = anyio.create_memory_object_stream[Write](float("inf"))
+        self.max_active = max_active
+        # The queue of writes to Redis: opened by run(), which closes it again.
+        self._writes_send: MemoryObjectSendStream[Write] | None = None
+        self._writes: MemoryObjectReceiveStream[Write] | None = None
         # Past a claim timeout the message is another worker's anyway: wait no longer.
         self._unstored = Unstored(limit_s=self.claim_timeout)
         self.dispatcher = WorkerDispatcher(
-            RedisRecorder(self._writes_send.send_nowait, self._unstored),
+            RedisRecorder(self._put, self._unstored),
             before_call=self._unstored.wait,
             max_threads=max_threads,
             max_pending=max_active,
@@ -113,11 +128,12 @@ class Worker:
             on_report=on_report,
         )
         self.results = result_backend(url, queue, result_ttl_s=result_ttl_s)
-        self._held: dict[str, _Delivery] = {}  # message id -> delivery
+        self._held: dict[str, _Delivery] = {}  # message id -> delivery, until acknowledged
+        self._held_changed = anyio.Event()
+        self._suspect: str | None = None  # a redelivered message, running alone
         self._by_completion: dict[str, str] = {}  # completion id -> message id
         self._stopping = anyio.Event()
         self._read_scope = anyio.CancelScope()
-        self._reclaim_cursor = "0-0"
         self._next_reclaim = 0.0  # at once: orphans of an earlier life come first
         self.counts = {"read": 0, "reclaimed": 0, "acked": 0, "poisoned": 0, "released": 0}
 
@@ -135,6 +151,7 @@ class Worker:
         leave the group, and return."""
         self._ops = Redis.from_url(self.url)
         self._reader = Redis.from_url(self.url, single_connection_client=True)
+        self._writes_send, self._writes = anyio.create_memory_object_stream[Write](float("inf"))
         try:
             await ensure_group(self._ops, self.keys)
             await self._ops.xgroup_createconsumer(self.keys.stream, GROUP, self.consumer)
@@ -153,21 +170,45 @@ class Worker:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._leave()
+            for stream in (self._writes_send, self._writes):
+                stream.close()
+
+    def _put(self, write: Write) -> None:
+        assert self._writes_send is not None, "the recorder is used only while run() runs"
+        self._writes_send.send_nowait(write)
 
     # -- reading ----------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
         while not self._stopping.is_set():
+            # A completion holds its place until its message is acknowledged, not only
+            # until its jobs end: the read-ahead stays within max_active.
+            await self._until(lambda: len(self._held) < self.max_active)
+            # A suspect (a message whose worker died) runs alone: nothing else is read
+            # while it runs, so if it kills this worker too, no innocent message is charged
+            # a delivery for it.
+            await self._until(lambda: self._suspect is None)
             await self.dispatcher.wait_for_capacity()
             with anyio.CancelScope(shield=True):  # a delivered message is never dropped
                 delivery = await self._next()
             if delivery is not None and not self._stopping.is_set():
                 await self._start(delivery)
 
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            self._held_changed = anyio.Event()
+            await self._held_changed.wait()
+
     async def _next(self) -> _Delivery | None:
         try:
             if time.monotonic() >= self._next_reclaim:
-                return await self._reclaim_one()
+                orphans = await self._orphans()
+                if orphans:
+                    # Reclaimed messages are suspects, run alone: let the others finish.
+                    await self._until(lambda: not self._held)
+                    delivery = await self._reclaim_one(orphans)
+                    if delivery is not None:
+                        return delivery
             return await self._read_one()
         except RedisConnectionError as error:
             logger.warning("worker.redis_unreachable", error=str(error))
@@ -191,29 +232,57 @@ class Worker:
         self.counts["read"] += 1
         return self._delivery(_text(message_id), fields, deliveries=1)
 
-    async def _reclaim_one(self) -> _Delivery | None:
-        """Take over one message idle past the claim timeout (its worker died)."""
-        while True:
-            answer: Any = await self._ops.xautoclaim(
+    async def _orphans(self) -> list[tuple[str, int]]:
+        """Messages idle past the claim timeout (their worker died) that this worker can
+        run, oldest first, with their deliveries so far.
+
+        A message of a pipeline this worker does not know is left to a worker that does (a
+        rolling deploy): taking it would only spend its deliveries. Once it has waited
+        ``UNKNOWN_PIPELINE_WAITS`` claim timeouts, no worker runs its pipeline, and it goes
+        to the dead letters.
+        """
+        idle_ms = int(self.claim_timeout * 1000)
+        pending: Any = await self._ops.xpending_range(
+            self.keys.stream, GROUP, "-", "+", RECLAIM_SCAN, idle=idle_ms
+        )
+        found = []
+        for entry in pending:
+            message_id = _text(entry["message_id"])
+            rows: Any = await self._ops.xrange(self.keys.stream, message_id, message_id)
+            if not rows:
+                continue  # acknowledged meanwhile
+            delivered = int(entry["times_delivered"])
+            delivery = self._delivery(message_id, rows[0][1], delivered)
+            message = delivery.completion
+            if message is not None and message.pipeline not in self.pipelines:
+                if entry["time_since_delivered"] >= UNKNOWN_PIPELINE_WAITS * idle_ms:
+                    await self._dead_letter(
+                        delivery,
+                        f"no worker runs its pipeline {message.pipeline!r}: it waited "
+                        f"{UNKNOWN_PIPELINE_WAITS} claim timeouts",
+                    )
+                continue
+            found.append((message_id, delivered))
+        if not found:
+            self._next_reclaim = time.monotonic() + self.reclaim_interval
+        return found
+
+    async def _reclaim_one(self, orphans: list[tuple[str, int]]) -> _Delivery | None:
+        """Take over the first of ``orphans`` still idle past the claim timeout."""
+        for message_id, delivered in orphans:
+            # Without JUSTID, so Redis counts the delivery: that count finds a poison.
+            claimed: Any = await self._ops.xclaim(
                 self.keys.stream, GROUP, self.consumer, int(self.claim_timeout * 1000),
-                self._reclaim_cursor, count=1,
+                [message_id],
             )  # fmt: skip
-            cursor, claimed = answer[0], answer[1]
-            self._reclaim_cursor = _text(cursor)
-            if not claimed:
-                if self._reclaim_cursor == "0-0":  # the whole pending list was scanned
-                    self._next_reclaim = time.monotonic() + self.reclaim_interval
-                return None
-            message_id, fields = _text(claimed[0][0]), claimed[0][1]
-            pending: Any = await self._ops.xpending_range(
-                self.keys.stream, GROUP, message_id, message_id, 1
-            )
-            deliveries = int(pending[0]["times_delivered"]) if pending else 1
+            if not claimed or claimed[0][1] is None:
+                continue  # another worker took it first, or it is gone
             self.counts["reclaimed"] += 1
-            delivery = self._delivery(message_id, fields, deliveries)
-            if deliveries <= self.max_recoveries:
+            delivery = self._delivery(message_id, claimed[0][1], delivered + 1)
+            if delivery.deliveries <= self.max_recoveries:
                 return delivery
             await self._poisoned(delivery)
+        return None
 
     def _delivery(self, message_id: str, fields: Any, deliveries: int) -> _Delivery:
         try:
@@ -230,28 +299,36 @@ class Worker:
             return
         pipeline = self.pipelines.get(message.pipeline)
         if pipeline is None:
-            # Another worker may know it (a rolling deploy): hand it back at once. A pipeline
-            # nobody knows ends in the dead letters once it was delivered too often.
+            # Another worker may know it (a rolling deploy). It stays pending here, unrenewed,
+            # so any worker takes it once its claim times out. Handed back at once, this
+            # worker would take it again at its next reclaim and spend its deliveries in
+            # seconds; this way a pipeline nobody knows reaches the dead letters only after
+            # max_recoveries claim timeouts.
             logger.warning("worker.unknown_pipeline", pipeline=message.pipeline, key=message.key)
-            await self._release([delivery.message_id])
             return
         stored: Any = await self._ops.hgetall(self.keys.jobs(message.id))
         records = jobs_of(stored)
         try:
             self.dispatcher.admit_received(pipeline, message, plan_from(pipeline, records))
+        except Overloaded:
+            raise  # a bug here, never the message's fault: the read loop waits for room
         except Exception as error:  # the event no longer validates: the message is dead
             await self._dead_letter(delivery, f"its event does not validate: {error}")
             return
         self._held[delivery.message_id] = delivery
         self._by_completion[message.id] = delivery.message_id
+        if delivery.deliveries > 1:
+            self._suspect = delivery.message_id
 
     # -- finishing --------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        assert self._writes is not None
         async for write in self._writes:
             await self._apply([write, *self._queued()])
 
     def _queued(self) -> list[Write]:
+        assert self._writes is not None
         writes = []
         while True:
             try:
@@ -283,12 +360,18 @@ class Worker:
 
     async def _finished(self, completion_id: str, report: Report) -> None:
         message_id = self._by_completion.pop(completion_id, None)
-        delivery = self._held.pop(message_id, None) if message_id is not None else None
+        delivery = self._held.get(message_id) if message_id is not None else None
         if delivery is None or delivery.completion is None:
             return
-        if any(o.status is JobStatus.CANCELLED for o in report.outcomes):
-            return  # cut by the drain: handed back at stop, to run on elsewhere
-        await self._store(delivery, report)
+        try:
+            if not any(o.status is JobStatus.CANCELLED for o in report.outcomes):
+                await self._store(delivery, report)
+            # else: cut by the drain; handed back at stop, to run on elsewhere
+        finally:
+            del self._held[delivery.message_id]  # its place is free once it is acknowledged
+            if self._suspect == delivery.message_id:
+                self._suspect = None
+            self._held_changed.set()
 
     async def _store(self, delivery: _Delivery, report: Report) -> None:
         """Store the report, then acknowledge the message (never the other way round)."""
@@ -310,8 +393,9 @@ class Worker:
     async def _poisoned(self, delivery: _Delivery) -> None:
         message = delivery.completion
         reason = (
-            f"delivered {delivery.deliveries} times: the worker running it died each time; "
-            f"moved to the dead letters ({self.keys.dead})"
+            f"delivered {delivery.deliveries} times without finishing: each worker that took "
+            "it died (or could not run its pipeline); moved to the dead letters "
+            f"({self.keys.dead})"
         )
         logger.error(
             "afterwork.poisoned",
@@ -377,10 +461,11 @@ class Worker:
                     logger.warning("worker.claim_lost", message_id=message_id)
 
     async def _release(self, message_ids: list[Any]) -> None:
-        """Hand messages back: idle at once past the claim timeout, so any worker takes them."""
+        """Hand messages back: moved to the group's ``released`` consumer, idle past the
+        claim timeout at once, so any worker takes them now and this one can leave."""
         if message_ids:
             await self._ops.xclaim(
-                self.keys.stream, GROUP, self.consumer, 0, message_ids,
+                self.keys.stream, GROUP, RELEASED, 0, message_ids,
                 idle=int(self.claim_timeout * 1000), justid=True,
             )  # fmt: skip
             self.counts["released"] += len(message_ids)
@@ -392,7 +477,8 @@ class Worker:
                 self.keys.stream, GROUP, "-", "+", 10_000, consumername=self.consumer
             )
             await self._release([_text(p["message_id"]) for p in mine])
-            await self._ops.eval(_scripts.DELETE_IF_IDLE, 1, self.keys.stream, GROUP, self.consumer)
+            for consumer in (self.consumer, RELEASED):  # RELEASED too, once taken over
+                await self._ops.eval(_scripts.DELETE_IF_IDLE, 1, self.keys.stream, GROUP, consumer)
             logger.info("worker.stopped", consumer=self.consumer, **self.counts)
         except (RedisConnectionError, ResponseError) as error:
             logger.error("worker.leave_failed", error=str(error))
