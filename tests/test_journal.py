@@ -346,6 +346,10 @@ def test_sigkill_mid_run_loses_no_job(tmp_path: Path) -> None:
 def test_sigterm_drains_then_a_restart_finishes_the_leftovers(tmp_path: Path) -> None:
     """SIGTERM drains with a short deadline, keeps the rest, and a restart finishes it."""
     first = run_app(tmp_path, "submit", count="200", drain_timeout="0.2")
+    assert first.stdout is not None
+    # Every completion admitted first: a SIGTERM during the submits would (rightly) refuse
+    # the rest, and this test is about the drain and the restart.
+    assert first.stdout.readline() == "admitted\n"
     wait_for_runs(tmp_path, 200, first)
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=60)

@@ -152,6 +152,7 @@ class SqliteJournal:
         writer, lock = self._writer, self._lock
         self._writer = self._lock = None
         if writer is not None:
+            writer.hand_off()  # what this loop turn gathered goes before the stop
             await anyio.to_thread.run_sync(writer.stop, CLOSE_TIMEOUT_S, abandon_on_cancel=True)
         if lock is not None:
             lock.release()

@@ -32,6 +32,16 @@ def call_soon_threadsafe(token: EventLoopToken, fn: Callable[..., object], *args
         pass  # the loop is closed
 
 
+def call_soon(token: EventLoopToken, fn: Callable[..., object], *args: Any) -> None:
+    """Run ``fn(*args)`` once the loop of ``token`` has run what is ready now; call it from
+    that loop. Cheaper than ``call_soon_threadsafe``, which also wakes the loop's selector."""
+    native: Any = token.native_token
+    if isinstance(native, asyncio.AbstractEventLoop):
+        native.call_soon(fn, *args)
+    else:  # trio: one way for both
+        native.run_sync_soon(fn, *args)
+
+
 def is_current(token: EventLoopToken) -> bool:
     """Whether the caller runs on the loop of ``token``, in its thread."""
     native: Any = token.native_token

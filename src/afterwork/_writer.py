@@ -2,7 +2,9 @@
 
 Writes queue up and the writer commits whatever has queued in one transaction (group
 commit), so a burst of admissions costs one commit and the event loop never waits on the
-disk: only a caller that needs its own write on disk waits, for that write.
+disk: only a caller that needs its own write on disk waits, for that write. The writes one
+turn of the event loop makes (a completion's outcomes, a burst's admissions) reach the thread
+together, in one hand-off: waking a thread for each of them cost more than writing them.
 
 The writer never dies silently. A write that fails alone (a constraint, a value SQLite cannot
 take) fails only its caller. Anything that means the file itself is gone or broken (an I/O
@@ -27,7 +29,7 @@ import structlog
 from anyio.lowlevel import EventLoopToken
 
 from ._exceptions import JournalError
-from ._loop import call_soon_threadsafe
+from ._loop import call_soon, call_soon_threadsafe, is_current
 
 logger = structlog.get_logger("afterwork")
 
@@ -60,7 +62,8 @@ class Writer:
         self._conn = conn
         self._identity = identity
         self._token = token
-        self._queue: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Write] | None] = queue.SimpleQueue()
+        self._gathered: list[Write] = []  # this loop turn's writes, handed off at its end
         self._thread = threading.Thread(target=self._loop, name="afterwork-journal", daemon=True)
         self._thread.start()
 
@@ -73,10 +76,23 @@ class Writer:
         if self.failure is not None:
             raise JournalError(self.failed_message())
         write = Write(apply, anyio.Event() if wait else None)
-        self._queue.put(write)
-        if not self.alive:  # the thread stopped meanwhile: its last sweep may have missed this
-            self._drain_queue()
+        if not is_current(self._token):  # not from the loop (a test's thread): at once
+            self._queue.put([write])
+            if not self.alive:
+                self._drain_queue()
+            return write
+        self._gathered.append(write)
+        if len(self._gathered) == 1:
+            call_soon(self._token, self.hand_off)
         return write
+
+    def hand_off(self) -> None:
+        """Give the writes gathered so far to the thread (at the end of the loop's turn)."""
+        if self._gathered:
+            gathered, self._gathered = self._gathered, []
+            self._queue.put(gathered)
+        if not self.alive:  # the thread stopped meanwhile: its last sweep may have missed these
+            self._drain_queue()
 
     def failed_message(self) -> str:
         return (
@@ -86,7 +102,8 @@ class Writer:
         )
 
     def stop(self, timeout: float) -> None:
-        """Write everything queued, then stop (waiting at most ``timeout`` seconds)."""
+        """Write everything handed off, then stop (waiting at most ``timeout`` seconds).
+        Call ``hand_off()`` on the loop first."""
         self._queue.put(None)
         self._thread.join(timeout)
 
@@ -99,7 +116,7 @@ class Writer:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                writes = [w for w in batch if w is not None]
+                writes = [w for group in batch if group is not None for w in group]
                 self._commit(writes)
                 self._wake(writes)
                 if None in batch:
@@ -183,10 +200,10 @@ class Writer:
         left: list[Write] = []
         while True:
             try:
-                write = self._queue.get_nowait()
+                group = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if write is not None:
+            for write in group or ():
                 why = self.failed_message() if self.failure else f"{str(self.path)!r} is closed"
                 write.error = JournalError(why)
                 left.append(write)

@@ -11,9 +11,9 @@ Neither ever logs a header, a body or a local variable.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 
 import anyio
@@ -52,7 +52,7 @@ class RequestId:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = given if _REQUEST_ID.match(given) else os.urandom(16).hex()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

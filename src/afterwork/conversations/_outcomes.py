@@ -46,7 +46,7 @@ class Receipt:
 def receive(store: Store, event: ConversationCompleted) -> Receipt:
     """Store the conversation for its owner; ``Claim.CONFLICT`` if another uid owns it."""
     conversation = event.conversation
-    with store.transaction() as conn:
+    with store.transaction(urgent=True) as conn:  # a request waits on it
         before = conn.execute(
             "SELECT created_at, body FROM conversations WHERE id = ?", (conversation.id,)
         ).fetchone()
@@ -64,7 +64,7 @@ def undo(store: Store, conversation_id: str, receipt: Receipt) -> None:
     """Take back a post whose admission then failed, so its refusal leaves nothing behind:
     a conversation it created is removed, a copy it replaced is put back. Not if a later
     post of the same conversation came after it (``received`` moved on): that one stands."""
-    with store.transaction() as conn:
+    with store.transaction(urgent=True) as conn:
         if receipt.claim is Claim.CREATED:
             conn.execute(
                 "DELETE FROM conversations WHERE id = ? AND received = 1", (conversation_id,)

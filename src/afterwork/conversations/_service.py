@@ -189,6 +189,7 @@ async def run_service(
             metrics.watch(None)
             if hasattr(app.state, "service"):
                 del app.state.service
+            store.close()  # the jobs have finished (or were cut): their connections go
 
 
 def _journals(settings: ServiceSettings) -> bool:

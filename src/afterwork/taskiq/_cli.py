@@ -146,4 +146,7 @@ async def _pipelines(args: argparse.Namespace) -> AsyncIterator[tuple[list[Pipel
     async with http_client(settings) as client:
         services = services_for(settings, client)
         await anyio.to_thread.run_sync(services.store.initialise)
-        yield [build_pipeline(services)], ReportWriter(services.store).save
+        try:
+            yield [build_pipeline(services)], ReportWriter(services.store).save
+        finally:
+            services.store.close()
