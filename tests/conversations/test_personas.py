@@ -30,13 +30,13 @@ class RacingStore(Store):
         self._started = 0
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self, *, urgent: bool = False) -> Iterator[Connection]:
         with self._lock:
             self._started += self.armed
             racing = self.armed and self._started <= RACERS
         if racing:
             self.barrier.wait()
-        with super().transaction() as conn:
+        with super().transaction(urgent=urgent) as conn:
             yield conn
 
 
