@@ -171,11 +171,13 @@ async def run_traffic(
     console: Console,
 ) -> Traffic:
     """Serve, post everything, reprocess some, scrape /metrics; return when drained."""
-    traffic = Traffic(Progress(total=len(events), baseline_threads=os_threads()))
+    traffic = Traffic(Progress(total=len(events)))
     progress, store, limit = traffic.progress, Store(settings.db), options.concurrency
     assert settings.api_token is not None
     token = {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"}
     with ThreadSampler(interval=0.005) as sampler:
+        # Counted from here, as the sampler counts, so its own thread is in neither.
+        progress.baseline_threads = os_threads()
         async with (
             serving(create_app(settings), http=protocol(settings)) as server,
             httpx.AsyncClient(base_url=base_url(server), timeout=60, headers=token) as client,
