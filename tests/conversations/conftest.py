@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,14 +19,18 @@ import afterwork as aw
 from afterwork.conversations import (
     Conversation,
     ConversationCompleted,
+    Extractor,
     RetryPolicy,
     RuleExtractor,
     Services,
+    ServiceSettings,
     Store,
     build_pipeline,
+    create_app,
 )
 from afterwork.conversations._receiver import Receiver
-from afterwork.testing import base_url
+from afterwork.conversations._service import Service
+from afterwork.testing import base_url, serving
 
 MOMENT = datetime(2026, 3, 14, 9, 30, tzinfo=UTC)
 
@@ -147,3 +151,23 @@ class GateExtractor(RuleExtractor):
         if not self.gate.wait(timeout=20):  # bounded, so a failing test cannot hang
             raise RuntimeError("the test never opened the gate")
         return super().memories(conversation)
+
+
+@asynccontextmanager
+async def running_service(
+    tmp_path: Path,
+    extractor: Extractor | None = None,
+    *,
+    client: dict[str, Any] | None = None,
+    **options: Any,
+) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
+    """The service on a fresh database under uvicorn, a client for it (``client``: more
+    httpx options; no token sent), and its running parts."""
+    defaults: dict[str, Any] = {"max_threads": 4, "lanes": {"llm": 2, "http": 4}}
+    settings = ServiceSettings(db=tmp_path / "service.db", port=0, **{**defaults, **options})
+    app = create_app(settings, extractor=extractor)
+    async with (
+        serving(app) as server,
+        httpx.AsyncClient(base_url=base_url(server), **{"timeout": 30, **(client or {})}) as http,
+    ):
+        yield http, app.state.service

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,13 @@ import afterwork as aw
 from afterwork.conversations import (
     ConversationCompleted,
     Extractor,
-    ServiceSettings,
     Store,
     _outcomes,
-    create_app,
 )
 from afterwork.conversations._service import Service
-from afterwork.testing import base_url, serving, wait_until
+from afterwork.testing import wait_until
 
-from .conftest import GateExtractor, completed, conversation
+from .conftest import GateExtractor, completed, conversation, running_service
 
 URL = "/v1/conversations/completed"
 JSON = {"Content-Type": "application/json"}
@@ -39,20 +36,13 @@ JSON = {"Content-Type": "application/json"}
 Answer = tuple[int, Any]
 
 
-@asynccontextmanager
-async def service(
+def service(
     tmp_path: Path, extractor: Extractor | None = None, **options: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
-    """The service on a fresh database; a client for it, and its running parts."""
-    defaults: dict[str, Any] = {"max_threads": 4, "lanes": {"llm": 2, "http": 4}}
-    settings = ServiceSettings(db=tmp_path / "service.db", port=0, **{**defaults, **options})
-    app = create_app(settings, extractor=extractor)
+) -> AbstractAsyncContextManager[tuple[httpx.AsyncClient, Service]]:
+    """The service on a fresh database; a client for it (room for 250 connections at
+    once), and its running parts."""
     limits = httpx.Limits(max_connections=250, max_keepalive_connections=250)
-    async with (
-        serving(app) as server,
-        httpx.AsyncClient(base_url=base_url(server), timeout=30, limits=limits) as client,
-    ):
-        yield client, app.state.service
+    return running_service(tmp_path, extractor, client={"limits": limits}, **options)
 
 
 def valid(cid: str = "c1", uid: str = "u1") -> dict[str, Any]:

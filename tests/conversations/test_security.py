@@ -17,8 +17,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,15 @@ from afterwork.conversations import (
     Store,
     _outcomes,
     configure_logging,
-    create_app,
     load_settings,
 )
 from afterwork.conversations._receiver import Receiver
 from afterwork.conversations._schema import TABLES
 from afterwork.conversations._service import Service
-from afterwork.testing import base_url, serving, wait_until
+from afterwork.testing import wait_until
 from tests.conftest import named
 
-from .conftest import GateExtractor, completed, conversation
+from .conftest import GateExtractor, completed, conversation, running_service
 
 URL = "/v1/conversations/completed"
 COMMAND = str(Path(sys.executable).parent / "afterwork")
@@ -63,19 +62,11 @@ def authorized(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@asynccontextmanager
-async def service(
+def service(
     tmp_path: Path, extractor: Extractor | None = None, **options: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
+) -> AbstractAsyncContextManager[tuple[httpx.AsyncClient, Service]]:
     """The service on a fresh database; a client for it (no token sent), and its parts."""
-    defaults: dict[str, Any] = {"max_threads": 4, "lanes": {"llm": 2, "http": 4}}
-    settings = ServiceSettings(db=tmp_path / "service.db", port=0, **{**defaults, **options})
-    app = create_app(settings, extractor=extractor)
-    async with (
-        serving(app) as server,
-        httpx.AsyncClient(base_url=base_url(server), timeout=30) as client,
-    ):
-        yield client, app.state.service
+    return running_service(tmp_path, extractor, **options)
 
 
 def body(

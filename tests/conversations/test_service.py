@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +24,19 @@ from afterwork.conversations import (
     create_app,
 )
 from afterwork.conversations._service import Service, run_service
-from afterwork.testing import base_url, serving
 from tests.helpers import wait_until
 
-from .conftest import GateExtractor, completed, conversation
+from .conftest import GateExtractor, completed, conversation, running_service
 
 URL = "/v1/conversations/completed"
 COUNTED = ("vectors", "memories", "trends", "action_items", "goal_mentions", "job_outcomes")
 
 
-@asynccontextmanager
-async def service(
+def service(
     tmp_path: Path, extractor: Extractor | None = None, **options: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
+) -> AbstractAsyncContextManager[tuple[httpx.AsyncClient, Service]]:
     """The service on a fresh database; a client for it, and its running parts."""
-    defaults: dict[str, Any] = {"max_threads": 4, "lanes": {"llm": 2, "http": 4}}
-    settings = ServiceSettings(db=tmp_path / "service.db", port=0, **{**defaults, **options})
-    app = create_app(settings, extractor=extractor)
-    async with (
-        serving(app) as server,
-        httpx.AsyncClient(base_url=base_url(server), timeout=20) as client,
-    ):
-        yield client, app.state.service
+    return running_service(tmp_path, extractor, client={"timeout": 20}, **options)
 
 
 def body(cid: str = "c1", reprocess: bool = False, **changes: Any) -> dict[str, Any]:
