@@ -24,6 +24,7 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -112,7 +113,7 @@ def minimal_app(db: Path | None) -> FastAPI:
 
 def per_thread_connection(db: Path) -> Callable[[], sqlite3.Connection]:
     """A function giving each thread its own connection, opened on first use and kept."""
-    with sqlite3.connect(db, isolation_level=None) as conn:
+    with closing(sqlite3.connect(db, isolation_level=None)) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(
             "CREATE TABLE IF NOT EXISTS conversations "

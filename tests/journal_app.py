@@ -14,6 +14,7 @@ import random
 import signal
 import sqlite3
 import time
+from contextlib import closing
 
 import anyio
 import structlog
@@ -50,7 +51,7 @@ def build(runs_path: str) -> aw.Pipeline[Work]:
 
 
 def unfinished(journal: str) -> int:
-    with sqlite3.connect(journal) as conn:
+    with closing(sqlite3.connect(journal)) as conn:
         return int(conn.execute("SELECT count(*) FROM completions").fetchone()[0])
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -23,7 +25,7 @@ APP = Path(__file__).with_name("journal_app.py")
 
 
 def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         return conn.execute(sql).fetchall()
 
 
@@ -83,7 +85,7 @@ async def test_a_failed_admission_write_fails_the_journal_and_runs_nothing(
     path = tmp_path / "journal.db"
     async with aw.Dispatcher(journal=path) as dispatcher:
         await dispatcher.run(pipeline, Ev(id=0))  # the start-up read is long done
-        with sqlite3.connect(path) as conn:
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
             conn.execute("DROP TABLE completions")  # the damage: the next insert fails
         with pytest.raises(aw.JournalError) as info:
             await dispatcher.submit(pipeline, Ev(id=1))
@@ -227,7 +229,7 @@ async def test_a_row_that_no_longer_validates_is_quarantined(
     path = tmp_path / "journal.db"
     pipeline, ran = hanging_then_recording()
     await leave_unfinished(path, pipeline, range(2))
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("UPDATE completions SET event = '{\"id\": \"x\"}' WHERE key = '1'")
     ran.append("open")
     async with aw.Dispatcher(journal=path, pipelines=[pipeline]) as dispatcher:
@@ -312,10 +314,12 @@ def run_counts(tmp_path: Path, kind: str = "end") -> collections.Counter[str]:
 def wait_for_runs(tmp_path: Path, at_least: int, proc: subprocess.Popen[str]) -> None:
     with anyio.from_thread.start_blocking_portal() as portal:
         portal.call(
-            wait_until,
-            lambda: sum(run_counts(tmp_path).values()) >= at_least or proc.poll() is not None,
-            "jobs under way",
-            60.0,
+            functools.partial(
+                wait_until,
+                lambda: sum(run_counts(tmp_path).values()) >= at_least or proc.poll() is not None,
+                "jobs under way",
+                limit=60.0,
+            )
         )
 
 

@@ -64,11 +64,12 @@ def completed(conv: Conversation, reprocess: bool = False) -> ConversationComple
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    """An initialised store in a fresh SQLite file."""
+def store(tmp_path: Path) -> Iterator[Store]:
+    """An initialised store in a fresh SQLite file, closed after the test."""
     result = Store(tmp_path / "test.db")
     result.initialise()
-    return result
+    yield result
+    result.close()
 
 
 @pytest.fixture

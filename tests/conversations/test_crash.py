@@ -72,6 +72,7 @@ def seeded_db(path: Path, world: World) -> Path:
     store = Store(path)
     store.initialise()
     data.seed_profiles(store, world.people, world.hooks)
+    store.close()
     return path
 
 

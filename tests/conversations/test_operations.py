@@ -109,6 +109,7 @@ def seeded(tmp_path: Path, webhooks: dict[tuple[str, str], str]) -> None:
     store.initialise()
     for (uid, kind), url in webhooks.items():
         store.set_webhook(uid, kind, url)
+    store.close()
 
 
 def finished(running: Service, cids: list[str]) -> list[str]:

@@ -59,6 +59,7 @@ async def test_twenty_concurrent_completions_refresh_once(tmp_path: Path) -> Non
     assert len(refreshed) == 1
     assert all(r.ok for r in reports)
     (row,) = store.query("SELECT conversation_id, skipped FROM persona_updates")
+    store.close()
     assert row == {"conversation_id": refreshed[0], "skipped": RACERS - 1}
 
 
@@ -79,5 +80,7 @@ async def test_the_winner_refreshes_again_when_run_again(tmp_path: Path) -> None
         async with aw.Dispatcher(max_threads=2, lanes={"llm": 1, "http": 1}) as dispatcher:
             first = await dispatcher.run(pipeline, completed(conversation("c1")))
             again = await dispatcher.run(pipeline, completed(conversation("c1")))
+    rows = store.query("SELECT skipped FROM persona_updates")
+    store.close()
     assert [len(first.outcomes), len(again.outcomes)] == [2, 2]
-    assert store.query("SELECT skipped FROM persona_updates") == [{"skipped": 0}]
+    assert rows == [{"skipped": 0}]

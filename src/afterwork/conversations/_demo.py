@@ -16,6 +16,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,7 +176,7 @@ async def run_traffic(
     progress, store, limit = traffic.progress, Store(settings.db), options.concurrency
     assert settings.api_token is not None
     token = {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"}
-    with ThreadSampler(interval=0.005) as sampler:
+    with closing(store), ThreadSampler(interval=0.005) as sampler:
         # Counted from here, as the sampler counts, so its own thread is in neither.
         progress.baseline_threads = os_threads()
         async with (
@@ -262,6 +263,7 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
     numbers["service log"] = str(log_path)
     print_summary(console, summary_tables(jobs, numbers, checks))
     console.print(f"plot of threads and admission: {png}")
+    store.close()
     failed = [name for name, ok, _ in checks if not ok]
     if failed:
         console.print(f"[red]demo FAILED: {', '.join(failed)}[/red]")
