@@ -5,6 +5,12 @@ waits for its own commit) and from 50 concurrent producers (their admissions sha
 with the journal off and on. All 32 threads are busy on gated jobs meanwhile, as in a
 service under load. Replay: a journal left holding N unfinished completions by a drain with
 ``drain_timeout=0``, then a fresh dispatcher, timed from entry until all N are re-admitted.
+
+Delayed work (G11): ``await submit(..., delay=3600)`` one at a time, journal off and on, into
+a dispatcher whose ``max_pending`` is 1, so the bench also shows that delayed work holds no
+pending place. Parking: completions whose one job answers ``RetryLater(3600)`` (a 429 with a
+long ``Retry-After``), submitted with ``max_pending=32``: timed until every one has parked,
+which each can only do by giving its place back.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from ._harness import Config, Result, Section, Target, fmt, med, percentile, run
 
 JOBS = 7
 PRODUCERS = 50
+#: Long enough that nothing delayed or parked comes due during a run.
+LATER_S = 3600.0
+PARK_ROOM = 32
 
 
 class Work(BaseModel):
@@ -101,6 +110,50 @@ async def _replay(n: int) -> Result:
     return {"enter_ms": entered * 1e3, "replay_s": readmitted}
 
 
+async def _delayed(journal: Path | None, n: int) -> Result:
+    gate = threading.Event()
+    pipeline = _pipeline(gate)
+    latencies: list[float] = []
+    dispatcher = aw.Dispatcher(max_pending=1, max_delayed=n, drain_timeout=0, journal=journal)
+    async with dispatcher:
+        began = time.perf_counter()
+        for i in range(n):
+            start = time.perf_counter()
+            await dispatcher.submit(pipeline, _work(i), delay=LATER_S)
+            latencies.append(time.perf_counter() - start)
+        elapsed = time.perf_counter() - began
+        stats = dispatcher.stats()
+        if (stats.delayed, stats.pending) != (n, 0):
+            raise RuntimeError(f"expected {n} delayed and 0 pending, got {stats!r}")
+    return {
+        "p50_us": percentile(latencies, 50) * 1e6,
+        "p99_us": percentile(latencies, 99) * 1e6,
+        "per_s": n / elapsed,
+    }
+
+
+async def _parked(journal: Path | None, n: int) -> Result:
+    pipeline = aw.Pipeline("journal-bench-park", event=Work, key=lambda w: w.id)
+
+    @pipeline.job(retries=1)
+    async def webhook(work: Work) -> None:
+        raise aw.RetryLater(LATER_S, "429 Too Many Requests")
+
+    dispatcher = aw.Dispatcher(
+        max_pending=PARK_ROOM, max_delayed=n, park_after=5.0, drain_timeout=0, journal=journal
+    )
+    async with dispatcher:
+        began = time.perf_counter()
+        for i in range(n):
+            await dispatcher.submit(pipeline, _work(i))  # waits for a place when all are taken
+        # stats() is a snapshot with nothing to wait on: poll it.
+        while dispatcher.stats().deferred < n:  # noqa: ASYNC110
+            await anyio.sleep(0.001)
+        elapsed = time.perf_counter() - began
+        stats = dispatcher.stats()
+    return {"per_s": n / elapsed, "pending": stats.pending, "delayed": stats.delayed}
+
+
 def measure(peer: str, params: dict[str, Any]) -> Result:
     async def main() -> Result:
         result: Result = {}
@@ -108,6 +161,11 @@ def measure(peer: str, params: dict[str, Any]) -> Result:
             journal = Path(tmp) / "journal.db" if peer == "on" else None
             for label, producers in (("serial", 1), ("concurrent", PRODUCERS)):
                 stats = await _admission(journal, params["completions"], producers)
+                result.update({f"{label}_{k}": v for k, v in stats.items()})
+                if journal is not None:
+                    journal.unlink()
+            for label, scenario in (("delayed", _delayed), ("parked", _parked)):
+                stats = await scenario(journal, params["completions"])
                 result.update({f"{label}_{k}": v for k, v in stats.items()})
                 if journal is not None:
                     journal.unlink()
@@ -137,6 +195,18 @@ def run(config: Config) -> Section:
                     fmt(med(runs, f"{label}_per_s"), 0),
                 ]
             )
+    n = params["completions"]
+    later = [
+        [
+            f"journal {name}",
+            fmt(med(runs, "delayed_p50_us"), 1),
+            fmt(med(runs, "delayed_p99_us"), 1),
+            fmt(med(runs, "delayed_per_s"), 0),
+            fmt(med(runs, "parked_per_s"), 0),
+            f"{fmt(med(runs, 'parked_pending'), 0)} / {fmt(med(runs, 'parked_delayed'), 0)}",
+        ]
+        for name, runs in (("off", off), ("on", on))
+    ]
     serial_cost = med(on, "serial_p50_us") / med(off, "serial_p50_us")
     concurrent_cost = med(off, "concurrent_per_s") / med(on, "concurrent_per_s")
     p99 = med(on, "serial_p99_us")
@@ -147,6 +217,22 @@ def run(config: Config) -> Section:
             "threads busy, one producer at a time and 50 at once, journal off and on. "
             "Medians over runs of each run's p50 and p99.",
             table(["admission", "p50 (µs)", "p99 (µs)", "admitted / s"], rows),
+            f"Delayed work and parked retries (G11), {params['completions']:,} of each: "
+            f"`await submit(..., delay={LATER_S:.0f})` one at a time with `max_pending=1` "
+            "(delayed work holds no pending place), and completions whose only job raises "
+            f"`RetryLater({LATER_S:.0f})`, submitted with `max_pending={PARK_ROOM}`: each parks "
+            "its job, finishes and gives its place back, so the next can be admitted.",
+            table(
+                [
+                    "",
+                    "delayed submit p50 (µs)",
+                    "p99 (µs)",
+                    "delayed / s",
+                    "parked / s",
+                    "then pending / delayed",
+                ],
+                later,
+            ),
             f"Replay of {params['replay']:,} unfinished completions: entering the dispatcher "
             f"took {fmt(med(on, 'enter_ms'), 1)} ms (start-up does not wait for the backlog), "
             f"and all were re-admitted after {fmt(med(on, 'replay_s'), 2)} s.",
@@ -176,6 +262,18 @@ def run(config: Config) -> Section:
             "the writer thread wakes while another thread holds the GIL.",
         ),
     ]
+    runs = [*off, *on]
+    parked_all = all(r["parked_pending"] == 0 and r["parked_delayed"] == n for r in runs)
+    targets.append(
+        Target(
+            "delayed work and parked retries hold no pending place (G11)",
+            f"{n:,} delayed with max_pending 1, and {n:,} parked through {PARK_ROOM} places, "
+            f"leaving 0 pending, in every run (journal off and on); parking "
+            f"{fmt(med(off, 'parked_per_s'), 0)} / {fmt(med(on, 'parked_per_s'), 0)} per s",
+            parked_all,
+            "" if parked_all else "A parked job kept its completion's place.",
+        )
+    )
     sizes = (
         f"{params['completions']:,} admissions per mode, replay of {params['replay']:,} "
         "unfinished completions"

@@ -254,12 +254,12 @@ def _ingest_target(runs: list[Result]) -> Target:
 # Why each target stands where it does, from py-spy profiles of the servers under this load
 # (`py-spy record --idle` for where threads wait, `--gil` for where the interpreter works).
 INGEST_WHY = (
-    "Each POST's claim transaction (`BEGIN IMMEDIATE`) queues for SQLite's write lock behind "
-    "the job threads' transactions: a profile shows about 13 of the 32 job threads and 2 of "
-    "the 4 request threads waiting there at any moment. The event loop, which holds the GIL "
-    "about two thirds of the time, splits it between the requests and the jobs' bookkeeping. "
-    "Request-path writes that never wait for job writes (a writer of their own, or a "
-    "database of their own) would close it."
+    "Requests and jobs share one process: the jobs' Python work (embeddings, extraction, "
+    "their store writes) holds the GIL that the event loop and the request threads need, "
+    "so under a CPU-bound mix the front end is slowed by the very work it queues. On a "
+    "quieter machine the same benchmark meets the target; running the jobs in worker "
+    "processes (`afterwork serve --broker` with `afterwork worker --conversations`) takes "
+    "them off the service's interpreter."
 )
 INGEST_MET = (
     "Under load the request path wins SQLite's write lock and the event loop: the jobs finish "
@@ -274,10 +274,12 @@ FIXED_WHY = (
     "record per completion and no task per sync job would close it."
 )
 TAIL_WHY = (
-    "SQLite's busy handler polls for the write lock with sleeps growing to 100 ms, so "
-    "waiters are served in no order: a request that loses a few rounds to job transactions "
-    "waits several times the median. Request writes that never contend with job writes "
-    "would close it."
+    "Not the store's write lock: request writes already go first, and letting them always go "
+    "first left the ratio at 5x. Not the journal: `--no-journal` has the same tail. With "
+    "no-op jobs the ratio is 1.5x, so the tail is the seven jobs' Python work: 32 job "
+    "threads contend for the GIL with the event loop, and each of a request's returns to "
+    "the loop (after its claim, after its journal commit) can wait while they hold it. "
+    "Running the jobs in worker processes (`afterwork serve --broker`) would close it."
 )
 MICRO_WHY = (
     "Per job, afterwork starts two anyio tasks (the job, and the runner that owns its thread "
