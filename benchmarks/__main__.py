@@ -83,6 +83,8 @@ def make_config(args: argparse.Namespace) -> tuple[Config, bool]:
     complete = not args.names and not args.smoke and not variant and args.scale is None
     if args.out is not None:
         out = args.out
+        # Made now, so that a path that cannot be written fails before the run, not after it.
+        out.mkdir(parents=True, exist_ok=True)
     elif complete:
         out = HERE
     else:

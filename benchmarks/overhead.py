@@ -196,12 +196,13 @@ def run(config: Config) -> Section:
             f"a 7-job completion {job_ratio:.2f}x per job",
             max(call_ratio, seq_ratio) <= 1.3,
             "Per call, afterwork starts a runner task that owns the token and the thread, and "
-            "the caller waits for it: two event-loop passes more than bare anyio (6 against "
-            "4, about 60 µs here). The runner is what keeps G1 when a caller times out or is "
-            "cancelled. Handing the token back from the worker thread instead would drop the "
-            "runner, but the token would then return before anyio's worker is idle again, so "
-            "the next call could start one thread beyond the budget; closing this needs a "
-            "hook in anyio's worker pool.",
+            "the caller waits for it: two event-loop passes more than bare anyio. The runner "
+            "is what keeps G1 when a caller times out or is cancelled; on asyncio it is a "
+            "plain loop task, since anyio's start_soon cost as much again. Handing the token "
+            "back from the worker thread instead would drop the runner, but the token would "
+            "then return before anyio's worker is idle again, so the next call could start "
+            "one thread beyond the budget; closing the rest needs a hook in anyio's worker "
+            "pool.",
         )
     ]
     sizes = f"{params['calls']:,} calls, {params['completions']:,} completions per run"

@@ -161,6 +161,55 @@ async def test_run_sync_returns_values_and_raises_errors() -> None:
             await dispatcher.run_sync(fail)
 
 
+@pytest.mark.parametrize("timeout", [None, 30.0])
+async def test_a_thread_the_os_refuses_is_that_jobs_failure(
+    monkeypatch: pytest.MonkeyPatch, timeout: float | None
+) -> None:
+    """When no new thread can be started ("can't start new thread"), the job that needed one
+    fails with that error at once (a timed job too, whose clock would start with its thread),
+    its token comes back, and the next job runs once threads start."""
+    from anyio._backends import _asyncio as asyncio_backend
+
+    def refuse(self: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    pipeline = make_pipeline("refused")
+    pipeline.job(name="blocking", timeout=timeout)(lambda event: None)
+    async with aw.Dispatcher(max_threads=1) as dispatcher:
+        monkeypatch.setattr(asyncio_backend.WorkerThread, "start", refuse)
+        refused = await dispatcher.run(pipeline, Ev(id=1))
+        busy = dispatcher.stats().threads_busy
+        monkeypatch.undo()
+        accepted = await dispatcher.run(pipeline, Ev(id=2))
+    assert refused.outcome("blocking").status == "failed"
+    assert refused.outcome("blocking").error == "RuntimeError: can't start new thread"
+    assert busy == 0
+    assert accepted.ok
+
+
+async def test_a_runner_cut_off_before_its_first_step_still_finishes_its_call() -> None:
+    """On asyncio each call's runner is a plain task. If the budget closes before that task
+    has taken a step, its body never runs: the close finishes the call itself, so the lane
+    token comes back, the call counts as neither running nor stuck, and its function never
+    runs."""
+    from afterwork._budget import Lease, ThreadBudget
+
+    ran: list[int] = []
+    lane = anyio.CapacityLimiter(1)
+    lease = Lease(lane)
+    await lease.acquire()
+    async with ThreadBudget(1) as budget:
+        caller = budget.run_sync(ran.append, 1, lease=lease)
+        caller.send(None)  # up to its first await: the runner task exists, and has not run
+        caller.close()  # the caller leaves at once
+        lease.drop()  # and its attempt ends; the call's own hold on the lane remains
+        held = lane.borrowed_tokens
+    assert held == 1
+    assert lane.borrowed_tokens == 0
+    assert budget.stuck == 0
+    assert ran == []
+
+
 async def test_before_call_runs_in_the_thread_holding_its_token_before_the_clock() -> None:
     """``before_call`` runs in the worker thread with the token held: a second call queues
     for the token meanwhile, and a timed call's timeout starts only after it returns."""

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import anyio
+import pytest
 
 import afterwork as aw
 from afterwork.testing import ThreadSampler
@@ -60,6 +61,34 @@ def test_timed_out_threads_keep_their_tokens_on_trio() -> None:
     assert first == ["timed_out", "timed_out"]
     assert (stuck, entered) == (2, 2)
     assert sampler.peak_above_baseline <= 2
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_a_thread_the_os_refuses_is_that_jobs_failure_on_trio(
+    monkeypatch: pytest.MonkeyPatch, timeout: float | None
+) -> None:
+    """On trio too, a job whose thread cannot start fails with that error, at once, and gives
+    its token back."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    pipeline = make_pipeline("refused")
+    pipeline.job(name="blocking", timeout=timeout)(lambda event: None)
+
+    async def main() -> tuple[aw.Report, int, aw.Report]:
+        async with aw.Dispatcher(max_threads=1) as dispatcher:
+            monkeypatch.setattr("trio._threads.start_thread_soon", refuse)
+            refused = await dispatcher.run(pipeline, Ev(id=1))
+            busy = dispatcher.stats().threads_busy
+            monkeypatch.undo()
+            return refused, busy, await dispatcher.run(pipeline, Ev(id=2))
+
+    refused, busy, accepted = anyio.run(main, backend="trio")
+    assert refused.outcome("blocking").status == "failed"
+    assert refused.outcome("blocking").error == "RuntimeError: can't start new thread"
+    assert busy == 0
+    assert accepted.ok
 
 
 def test_fan_out_and_isolation_on_trio() -> None:

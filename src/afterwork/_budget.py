@@ -9,6 +9,11 @@ token. The caller just waits for the runner's result, and can walk away (timeout
 without touching the token. Lane tokens follow the same rule: a ``Lease`` is given back only
 once its attempt has ended *and* every thread started under it has returned.
 
+On asyncio a runner is a plain task of the loop. anyio's ``start_soon`` costs more than the
+hand-off to the thread itself (a no-op call came to 1.6x bare ``anyio.to_thread.run_sync``
+with it, 1.2x without), so the budget keeps those tasks and cancels them at close itself. On
+trio, whose nursery start is cheap, runners stay in an anyio task group.
+
 The runner passes the budget's own limiter to ``anyio.to_thread.run_sync``, so a call never
 draws on anyio's default 40-token limiter as well. The runner is cancelled only when the
 dispatcher closes, after its drain: the one moment a token may go back before its thread
@@ -21,11 +26,12 @@ thread and handed to the caller: anyio's worker and the runner never see it, so 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -35,6 +41,15 @@ from ._exceptions import DispatcherClosed, JobTimeout, UnknownLane
 from ._loop import call_soon_threadsafe
 
 T = TypeVar("T")
+
+
+class _Flag(Protocol):
+    """What a call needs of an event: ``anyio.Event``, or on asyncio the bare
+    ``asyncio.Event`` it wraps (a sixth of the cost to make, once per call)."""
+
+    def set(self) -> None: ...
+    def is_set(self) -> bool: ...
+    async def wait(self) -> object: ...
 
 
 class Lease:
@@ -72,6 +87,7 @@ class _ThreadCall(Generic[T]):
         "fn",
         "label",
         "lease",
+        "runner",
         "running",
         "started",
         "value",
@@ -92,9 +108,10 @@ class _ThreadCall(Generic[T]):
         self.args: tuple[object, ...] = args
         self.label = label
         self.lease = lease
+        self.runner: asyncio.Task[None] | None = None  # its runner task, on asyncio
         # Only a timed call needs to know when its thread starts: its clock starts there.
-        self.started = anyio.Event() if timed else None
-        self.finished = anyio.Event()
+        self.started = budget.new_flag() if timed else None
+        self.finished = budget.new_flag()
         self.abandoned = False
         # Written by the worker thread, read on the loop: a plain bool is atomic enough.
         self.running = False
@@ -139,10 +156,13 @@ class ThreadBudget:
         #: Called in each worker thread, with its token held, before the call's function (the
         #: scale-out worker waits there until earlier outcomes are stored). Must not raise.
         self.before_call: Callable[[], None] | None = None
-        # Callers inside run_sync now, and an event set whenever there are none.
+        # Callers inside run_sync now, and (only while a drain waits for them) an event set
+        # when there are none: made on demand, since most calls are not watched.
         self._callers = 0
-        self._no_callers = anyio.Event()
-        self._no_callers.set()
+        self._no_callers: anyio.Event | None = None
+        # The loop, on asyncio, whose runners are plain tasks (see the module's docstring).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.new_flag: Callable[[], _Flag] = anyio.Event
 
     @property
     def busy(self) -> int:
@@ -167,13 +187,19 @@ class ThreadBudget:
 
     async def __aenter__(self) -> ThreadBudget:
         self.token = anyio.lowlevel.current_token()
+        native = self.token.native_token
+        if isinstance(native, asyncio.AbstractEventLoop):
+            self._loop, self.new_flag = native, asyncio.Event
         self._runners = anyio.create_task_group()
         await self._runners.__aenter__()
         return self
 
     async def wait_for_callers(self) -> None:
         """Wait until no caller is waiting in ``run_sync`` (a drain lets them finish)."""
-        await self._no_callers.wait()
+        while self._callers:
+            if self._no_callers is None:
+                self._no_callers = anyio.Event()
+            await self._no_callers.wait()
 
     def note_thread_started(self) -> None:
         """Called by each worker thread as it starts, while it holds its token."""
@@ -190,6 +216,19 @@ class ThreadBudget:
         # By now the drain is over: stop waiting for threads that still run (a hung job),
         # and let them finish unattended.
         self._runners.cancel_scope.cancel()
+        tasks = {call.runner for call in self._live if call.runner is not None}
+        try:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait(tasks)
+        finally:
+            # A task cancelled before its first step never ran its body: its call is
+            # finished here instead (and any cut short by a cancelled wait).
+            for call in list(self._live):
+                if call.runner is not None:
+                    self._finish(call, closed=True)
         return await self._runners.__aexit__(exc_type, exc, tb)
 
     async def run_sync(
@@ -214,10 +253,11 @@ class ThreadBudget:
             lease.hold()
         self._live.add(call)
         # Started from the caller's task, so the thread runs in the caller's context (G8).
-        self._runners.start_soon(self._run, call)
+        if self._loop is not None:
+            call.runner = self._loop.create_task(self._run(call))
+        else:
+            self._runners.start_soon(self._run, call)
         self._callers += 1
-        if self._callers == 1:
-            self._no_callers = anyio.Event()
         try:
             if call.started is None:
                 await call.finished.wait()
@@ -230,8 +270,9 @@ class ThreadBudget:
             raise
         finally:
             self._callers -= 1
-            if self._callers == 0:
+            if self._callers == 0 and self._no_callers is not None:
                 self._no_callers.set()
+                self._no_callers = None
         if not call.finished.is_set():
             self._leave(call)
             raise JobTimeout(f"{label or _name_of(fn)} ran past its timeout of {timeout:g} s")
@@ -249,29 +290,43 @@ class ThreadBudget:
     async def _run(self, call: _ThreadCall[Any]) -> None:
         # The runner, not the caller, owns the token: anyio takes it for this task and gives
         # it back only when the thread returns, whatever happens to the caller meanwhile.
+        closed = False
         try:
             await anyio.to_thread.run_sync(
                 call.invoke, limiter=self._tokens, abandon_on_cancel=True
             )
         except anyio.get_cancelled_exc_class():
+            closed = True
+            raise
+        except Exception as error:  # anyio's own failure (its loop closing, say): the caller's
+            call.error = error
+        finally:
+            self._finish(call, closed=closed)
+
+    def _finish(self, call: _ThreadCall[Any], *, closed: bool) -> None:
+        """The thread has returned (or the dispatcher closed): keep nothing of the job."""
+        if call.finished.is_set():
+            return
+        if closed:
             call.error = DispatcherClosed(
                 f"the dispatcher closed while {call.label} was still running; "
                 "its thread runs on unattended"
             )
             # Abandoned: still counted (stuck) until its thread says it returned.
             self._overdue.add(call)
-            raise
         else:
             self._overdue.discard(call)
-        finally:
-            # The thread has returned (or the dispatcher closed): keep nothing of the job.
-            call.fn, call.args = None, ()
-            self._live.discard(call)
-            if call.lease is not None:
-                call.lease.drop()
-            call.finished.set()
-            if self.on_release is not None:
-                self.on_release()
+        call.runner = None
+        call.fn, call.args = None, ()
+        self._live.discard(call)
+        if call.lease is not None:
+            call.lease.drop()
+        if call.started is not None:
+            call.started.set()  # a timed caller waits for the start first: a thread never
+            # started (refused by the OS, or the dispatcher closed first) must not hang it
+        call.finished.set()
+        if self.on_release is not None:
+            self.on_release()
 
 
 def _name_of(fn: Callable[..., object]) -> str:
