@@ -6,6 +6,7 @@ import random
 import time
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import afterwork as aw
@@ -208,6 +209,48 @@ async def test_a_runner_cut_off_before_its_first_step_still_finishes_its_call() 
     assert lane.borrowed_tokens == 0
     assert budget.stuck == 0
     assert ran == []
+
+
+async def test_a_close_cut_short_by_a_cancel_still_ends_every_call() -> None:
+    """If the task closing the budget is itself cancelled (the loop shutting down), every call
+    still ends: its caller is told the dispatcher closed, its lane token comes back, and the
+    closing task's cancel scopes are left as they were, so it can go on awaiting."""
+    import asyncio
+
+    from afterwork._budget import Lease, ThreadBudget
+
+    gate = Gate()
+    lane = anyio.CapacityLimiter(1)
+    lease = Lease(lane)
+    await lease.acquire()
+    errors: list[BaseException] = []
+
+    async def caller() -> None:
+        try:
+            await budget.run_sync(gate.block, lease=lease)
+        except aw.DispatcherClosed as error:
+            errors.append(error)
+
+    budget = ThreadBudget(1)
+    await budget.__aenter__()
+    waiting = asyncio.get_running_loop().create_task(caller())
+    await wait_until(lambda: gate.running == 1, "the call's thread to start")
+    lease.drop()  # the attempt ends; the running thread's hold remains
+    closing = asyncio.current_task()
+    assert closing is not None
+    closing.cancel()  # delivered at the close's first await
+    with pytest.raises(asyncio.CancelledError):
+        await budget.__aexit__(None, None, None)
+    closing.uncancel()
+    await waiting
+    await anyio.lowlevel.checkpoint()  # no cancel scope of the budget's is left behind here
+    held = lane.borrowed_tokens
+    gate.open()
+    await wait_until(lambda: gate.running == 0, "the thread to return")
+    assert [str(e) for e in errors] == [
+        "the dispatcher closed while Gate.block was still running; its thread runs on unattended"
+    ]
+    assert held == 0
 
 
 async def test_before_call_runs_in_the_thread_holding_its_token_before_the_clock() -> None:

@@ -190,8 +190,9 @@ class ThreadBudget:
         native = self.token.native_token
         if isinstance(native, asyncio.AbstractEventLoop):
             self._loop, self.new_flag = native, asyncio.Event
-        self._runners = anyio.create_task_group()
-        await self._runners.__aenter__()
+        else:
+            self._runners = anyio.create_task_group()
+            await self._runners.__aenter__()
         return self
 
     async def wait_for_callers(self) -> None:
@@ -212,10 +213,11 @@ class ThreadBudget:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._runners is not None
         # By now the drain is over: stop waiting for threads that still run (a hung job),
         # and let them finish unattended.
-        self._runners.cancel_scope.cancel()
+        if self._runners is not None:
+            self._runners.cancel_scope.cancel()
+            return await self._runners.__aexit__(exc_type, exc, tb)
         tasks = {call.runner for call in self._live if call.runner is not None}
         try:
             for task in tasks:
@@ -224,12 +226,12 @@ class ThreadBudget:
                 with anyio.CancelScope(shield=True):
                     await asyncio.wait(tasks)
         finally:
-            # A task cancelled before its first step never ran its body: its call is
-            # finished here instead (and any cut short by a cancelled wait).
+            # A task cancelled before its first step never ran its body, and a native
+            # cancel (the loop shutting down) may cut this wait short: such calls are
+            # finished here instead.
             for call in list(self._live):
-                if call.runner is not None:
-                    self._finish(call, closed=True)
-        return await self._runners.__aexit__(exc_type, exc, tb)
+                self._finish(call, closed=True)
+        return None
 
     async def run_sync(
         self,
@@ -245,7 +247,7 @@ class ThreadBudget:
         the caller gets ``JobTimeout`` and the thread runs on, still holding its token (and
         ``lease``'s lane token).
         """
-        assert self._runners is not None, "the budget is used only inside the dispatcher"
+        assert self._loop or self._runners, "the budget is used only inside the dispatcher"
         call: _ThreadCall[T] = _ThreadCall(
             self, fn, args, timed=timeout is not None, lease=lease, label=label or _name_of(fn)
         )
@@ -256,6 +258,7 @@ class ThreadBudget:
         if self._loop is not None:
             call.runner = self._loop.create_task(self._run(call))
         else:
+            assert self._runners is not None
             self._runners.start_soon(self._run, call)
         self._callers += 1
         try:
